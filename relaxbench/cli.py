@@ -1,0 +1,146 @@
+"""Command line: ``relaxbench data | train | list`` (and the leaderboard stages).
+
+Every subcommand takes ``--config``; bad input (unknown keys, names, values) exits with status 2 and one
+line naming the problem, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from relaxbench import __version__, registry
+from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
+from relaxbench.methods import METHODS, MethodError
+from relaxbench.tasks.base import TaskError
+
+__all__ = ["main"]
+
+USER_ERRORS = (ConfigError, registry.RegistryError, TaskError, MethodError, FileNotFoundError)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def data_dir_for(cfg: dict, task: str, results: str | Path) -> Path:
+    """``results/<config>/data/<task>/<key>``: a task's cached data for this config's parameters."""
+    return Path(results) / cfg["name"] / "data" / task / data_key(cfg, task)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.task not in {r.task for r in expand_runs(cfg)} | set(cfg["tasks"]):
+        raise ConfigError(f"task {args.task!r} is not used by {args.config}; choices: "
+                          f"{sorted({r.task for r in expand_runs(cfg)})}")
+    out = Path(args.out) if args.out else data_dir_for(cfg, args.task, args.results)
+    task = registry.get_task_class(args.task)(cfg["tasks"].get(args.task), out)
+    if task.prepared() and not args.force:
+        print(f"{out}: cached")
+        return 0
+    task.prepare()
+    print(f"{out}: prepared")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    run = RunSpec(args.task, args.model, args.method, args.seed)
+    if run not in expand_runs(cfg):
+        grid = expand_runs(cfg)
+        raise ConfigError(
+            f"run {args.task}/{args.model}/{args.method}/seed{args.seed} is not in {args.config}; "
+            f"tasks {sorted({r.task for r in grid})}, models {sorted({r.model for r in grid})}, "
+            f"methods {sorted({r.method for r in grid})}, seeds {sorted({r.seed for r in grid})}"
+        )
+    resolved = resolve_run(cfg, run)
+    run_dir = Path(args.out) if args.out else run.path(cfg["name"], args.results)
+    data_dir = Path(args.data_dir) if args.data_dir else data_dir_for(cfg, args.task, args.results)
+    if args.resume:
+        resolved["training"]["resume"] = True
+    torch.set_num_threads(args.threads or cfg["threads"])
+    from relaxbench.train import train_run
+
+    record = train_run(resolved, run_dir, data_dir, quiet=args.quiet)
+    value = record.test.get(record.metric)
+    print(f"{run_dir}: {record.status}" + (f", test {record.metric} = {value:.6g}" if value is not None else "")
+          + (f" ({record.reason})" if record.reason else ""))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.config:
+        cfg = load_config(args.config)
+        for run in expand_runs(cfg):
+            print(f"{run.task}\t{run.model}\t{run.method}\tseed{run.seed}")
+        return 0
+    print("tasks:   " + " ".join(registry.task_names()))
+    print("models:  " + " ".join(registry.model_names()))
+    print("methods: " + " ".join(sorted(METHODS)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaxbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"relaxbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        p.add_argument("--results", default="results", help="results root (default: results)")
+        return p
+
+    p = add("data", cmd_data, "generate or convert one task's data into the cache")
+    p.add_argument("--config", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", help="data folder (default: results/<config>/data/<task>/<key>)")
+    p.add_argument("--force", action="store_true", help="regenerate even if cached")
+
+    p = add("train", cmd_train, "train one run (task x model x method x seed) and write its record")
+    p.add_argument("--config", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", required=True, type=_non_negative)
+    p.add_argument("--out", help="run folder (default: results/<config>/runs/<task>/<model>/<method>/seed<k>)")
+    p.add_argument("--data-dir", help="the task's data folder (default: the config's cache)")
+    p.add_argument("--threads", type=_positive, help="torch threads (default: the config's 'threads')")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("list", cmd_list, "list tasks, models and methods, or a config's runs")
+    p.add_argument("--config")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"relaxbench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

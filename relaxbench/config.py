@@ -1,0 +1,199 @@
+"""Load a config, validate it against the schema, fill defaults, and expand it into runs.
+
+Used by the Snakemake rules and the CLI alike, so both reject the same mistakes with the same message.
+The schema (``relaxbench/config.schema.yaml``, linked from ``workflow/schemas/``) rejects unknown keys and
+wrong types; this module adds the checks a schema cannot make (names of tasks, models and methods, the
+``module:function`` entries), and resolves one run's full settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from relaxbench import registry
+from relaxbench.methods import MethodError, get_method
+
+__all__ = [
+    "ConfigError",
+    "RunSpec",
+    "SCHEMA_PATH",
+    "data_key",
+    "expand_runs",
+    "load_config",
+    "resolve_run",
+    "run_hash",
+    "validate_config",
+]
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names the key and, where it can, the choices."""
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _fill_defaults(instance: Any, node: Mapping[str, Any], root: Mapping[str, Any]) -> None:
+    """Fill ``default`` values of ``node``'s properties into ``instance`` (recursively, through ``$ref``)."""
+    while "$ref" in node:
+        node = {**_deref(node["$ref"], root), **{k: v for k, v in node.items() if k != "$ref"}}
+    if not isinstance(instance, dict):
+        return
+    for key, sub in node.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub, root)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in set(instance) - set(node.get("properties", {})):
+            _fill_defaults(instance[key], extra, root)
+
+
+def _deref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
+    target: Any = root
+    for part in ref.lstrip("#/").split("/"):
+        target = target[part]
+    return target
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        unknown = sorted(set(err.instance) - set(allowed))
+        return f"at '{where}': unknown key(s) {unknown}; choices: {allowed}"
+    return f"at '{where}': {err.message}"
+
+
+def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate ``cfg``, fill defaults and check names; returns a new dict or raises :class:`ConfigError`."""
+    cfg = copy.deepcopy(dict(cfg))
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(f"{source}: " + _describe(errors[0]))
+    _fill_defaults(cfg, schema(), schema())
+    for method, overrides in cfg["methods"].items():
+        try:
+            get_method(method, overrides)
+        except MethodError as err:
+            raise ConfigError(f"{source}: at 'methods.{method}': {err}") from None
+    known_tasks = registry.task_names()
+    for task in cfg["tasks"]:
+        if task not in known_tasks:
+            raise ConfigError(f"{source}: at 'tasks.{task}': unknown task {task!r}; choices: {known_tasks}")
+    for key, model in cfg["models"].items():
+        where = f"{source}: at 'models.{key}'"
+        model.setdefault("arch", key)
+        if ":" in model["arch"]:
+            try:
+                registry.get_model(model["arch"], model.get("family"))
+            except registry.RegistryError as err:
+                raise ConfigError(f"{where}: {err}") from None
+        elif model["arch"] not in registry.model_names():
+            raise ConfigError(
+                f"{where}: unknown model {model['arch']!r}; choices: {registry.model_names()} "
+                "or a 'package.module:function' entry with a 'family'"
+            )
+        for task in model["tasks"]:
+            if task not in known_tasks:
+                raise ConfigError(f"{where}.tasks: unknown task {task!r}; choices: {known_tasks}")
+        for method in model.get("methods", []):
+            if method not in cfg["methods"]:
+                raise ConfigError(
+                    f"{where}.methods: method {method!r} is not configured; choices: {sorted(cfg['methods'])}"
+                )
+    return cfg
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config (safe loader), validate it and fill defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return validate_config(raw, str(path))
+
+
+@dataclass(frozen=True, order=True)
+class RunSpec:
+    """One cell of the grid."""
+
+    task: str
+    model: str
+    method: str
+    seed: int
+
+    def path(self, config_name: str, results: str | Path = "results") -> Path:
+        """``results/<config>/runs/<task>/<model>/<method>/seed<k>``."""
+        return Path(results) / config_name / "runs" / self.task / self.model / self.method / f"seed{self.seed}"
+
+
+def expand_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:
+    """Every (task, model, method, seed) of a validated config, sorted."""
+    runs = []
+    for key, model in cfg["models"].items():
+        methods = model.get("methods") or list(cfg["methods"])
+        for task in model["tasks"]:
+            runs += [RunSpec(task, key, m, s) for m in methods for s in cfg["seeds"]]
+    return sorted(runs)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def task_params(cfg: Mapping[str, Any], task: str) -> dict[str, Any]:
+    return dict(cfg["tasks"].get(task, {}))
+
+
+def data_key(cfg: Mapping[str, Any], task: str) -> str:
+    """Cache key of a task's data: hash of its parameters and generator version."""
+    cls = registry.get_task_class(task)
+    return _digest({"task": task, "params": task_params(cfg, task), "generator": cls.generator_version})
+
+
+def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
+    """Every setting one run depends on (the input of ``relaxbench train`` and of the config hash)."""
+    model = cfg["models"][run.model]
+    training = {**schema()["properties"]["training"]["default"], **cfg["training"], **model.get("training", {})}
+    method = get_method(run.method, cfg["methods"].get(run.method))
+    return {
+        "config_name": cfg["name"],
+        "task": run.task,
+        "task_params": task_params(cfg, run.task),
+        "data_key": data_key(cfg, run.task),
+        "model": run.model,
+        "arch": model["arch"],
+        "family": model.get("family"),
+        "model_params": dict(model.get("params", {})),
+        "method": run.method,
+        "method_params": {k: v for k, v in method.__dict__.items() if k != "name"},
+        "training": training,
+        "seed": run.seed,
+        "device": cfg["device"],
+    }
+
+
+def run_hash(resolved: Mapping[str, Any]) -> str:
+    """Hash of a resolved run without its seed (runs that differ only by seed share it)."""
+    return _digest({k: v for k, v in resolved.items() if k != "seed"})

@@ -1,0 +1,97 @@
+"""Names -> factories for tasks and models, and ``module:function`` entries for user models.
+
+Built-ins follow one convention, so adding one edits no central table:
+
+- task ``NAME`` is the class ``TASK`` in module ``relaxbench.tasks.NAME``;
+- model ``NAME`` is the function ``build(spec, relaxed=False, **params) -> nn.Module`` in module
+  ``relaxbench.models.NAME``, which also sets ``FAMILY`` (a string) and may define
+  ``build_unconstrained(spec, **params)`` (a non-equivariant model of similar size).
+
+A user model is a config entry ``arch: "package.module:function"`` with the same signature as ``build``,
+plus ``family:``; only modules named in the config are imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+import relaxbench.models
+import relaxbench.tasks
+
+__all__ = ["ModelEntry", "RegistryError", "get_model", "get_task_class", "model_names", "task_names"]
+
+_PRIVATE = {"base"}
+
+
+class RegistryError(ValueError):
+    """An unknown name or an entry that does not import (the message lists the choices)."""
+
+
+def _names(package) -> list[str]:
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(package.__path__)
+        if not m.name.startswith("_") and m.name not in _PRIVATE
+    )
+
+
+def task_names() -> list[str]:
+    """Names of the built-in tasks."""
+    return _names(relaxbench.tasks)
+
+
+def model_names() -> list[str]:
+    """Names of the built-in models."""
+    return _names(relaxbench.models)
+
+
+def get_task_class(name: str):
+    """The task class registered as ``name``."""
+    if name not in task_names():
+        raise RegistryError(f"unknown task {name!r}; choices: {task_names()}")
+    return importlib.import_module(f"relaxbench.tasks.{name}").TASK
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model factory: ``build(spec, relaxed, **params)``, its family, and an optional unconstrained twin."""
+
+    arch: str
+    family: str
+    build: Callable[..., nn.Module]
+    build_unconstrained: Callable[..., nn.Module] | None
+
+
+def _import_entry(arch: str) -> Callable[..., Any]:
+    module_name, _, func_name = arch.partition(":")
+    if not module_name or not func_name:
+        raise RegistryError(f"model entry {arch!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise RegistryError(f"model entry {arch!r}: cannot import module {module_name!r} ({err})") from err
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise RegistryError(f"model entry {arch!r}: module {module_name!r} has no function {func_name!r}")
+    return func
+
+
+def get_model(arch: str, family: str | None = None) -> ModelEntry:
+    """The factory for a built-in model name or a ``module:function`` entry (which then needs ``family``)."""
+    if ":" in arch:
+        if not family:
+            raise RegistryError(f"model entry {arch!r} needs a 'family' (e.g. 'gnn', 'steerable_cnn')")
+        return ModelEntry(arch, family, _import_entry(arch), None)
+    if arch not in model_names():
+        raise RegistryError(
+            f"unknown model {arch!r}; choices: {model_names()} or a 'package.module:function' entry"
+        )
+    module = importlib.import_module(f"relaxbench.models.{arch}")
+    return ModelEntry(
+        arch, family or module.FAMILY, module.build, getattr(module, "build_unconstrained", None)
+    )

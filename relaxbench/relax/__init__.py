@@ -1,0 +1,30 @@
+"""The paper's method, family-agnostic: theta schedules, relaxed layers, Lie-derivative penalties."""
+
+from relaxbench.relax.lie import FeatureAction, lie_derivative_sq, make_finite_action, make_lie_action
+from relaxbench.relax.relaxed import (
+    RelaxedLayer,
+    build_free,
+    free_parameters,
+    maybe_relax,
+    relaxation_penalty,
+    relaxed_layers,
+    set_theta,
+)
+from relaxbench.relax.schedules import SCHEDULES, Schedule, make_schedule
+
+__all__ = [
+    "FeatureAction",
+    "RelaxedLayer",
+    "SCHEDULES",
+    "Schedule",
+    "build_free",
+    "free_parameters",
+    "lie_derivative_sq",
+    "make_finite_action",
+    "make_lie_action",
+    "make_schedule",
+    "maybe_relax",
+    "relaxation_penalty",
+    "relaxed_layers",
+    "set_theta",
+]

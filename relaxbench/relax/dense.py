@@ -1,0 +1,111 @@
+"""A relaxed layer whose free branch is one dense matrix on the last feature axis.
+
+This is the free branch of SEGNN / e3nn models (a ``Linear(dim_in -> dim_out)`` on the flattened irreps
+vector) and of Vector Neurons (a ``Linear(3*C_in -> 3*C_out)`` on each point's flattened (channel, xyz)
+vector). Two things make it cheaper than the generic :class:`~relaxbench.relax.relaxed.RelaxedLayer`:
+
+- **Fused forward.** When the equivariant map is itself linear on the same input (``equivariant_matrix``
+  gives its dense ``[d_in, d_out]`` matrix), ``f_eq(x) + theta W x`` is computed as one matmul with the summed
+  weight. At ``theta = 0`` the equivariant module runs alone, so the projected model is bit-for-bit its plain
+  twin.
+- **Penalties from the second moment.** For a linear ``W`` and generator matrices ``G_in``, ``G_out`` the Lie
+  derivative is the matrix ``L_A = W G_in_A - G_out_A W``, and
+
+      sum_x ||L_A x||^2 = tr(L_A S L_A^T),   S = sum_x x x^T        (d_in x d_in)
+
+  so the data enter only through ``S`` (and ``m = sum_x x`` for the bias in the norm term): the penalty costs
+  ``O(G d^3)`` after one ``O(n d^2)`` pass over the inputs, independent of how many points ``x`` covers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from relaxbench.relax.lie import make_lie_action
+from relaxbench.relax.relaxed import RelaxedLayer
+
+__all__ = ["DenseRelaxedLinear"]
+
+
+class DenseRelaxedLinear(RelaxedLayer):
+    """``f(x) = f_eq(x) + theta * (x W^T + b)`` on features ``[*lead, d_in] -> [*lead, d_out]``.
+
+    Args:
+        equivariant: the equivariant map on the last axis (e.g. ``e3nn.o3.Linear``).
+        d_in, d_out: feature sizes of the last axis.
+        gen_in: ``[G, d_in, d_in]`` Lie-algebra generators acting on the input features.
+        gen_out: ``[G, d_out, d_out]`` the same generators on the output features.
+        init_std: standard deviation of the free weight at initialisation (0 gives a zero free map).
+        bias: whether the free map has a bias (kept out of the Lie term).
+        equivariant_matrix: optional zero-argument callable returning ``f_eq``'s dense ``[d_in, d_out]``
+            matrix, enabling the fused forward (only valid if ``f_eq`` is linear without bias).
+
+    The penalty statistics are per example of the leading axis: ``S`` is divided by ``x.shape[0]``.
+    """
+
+    def __init__(
+        self,
+        equivariant: nn.Module,
+        d_in: int,
+        d_out: int,
+        gen_in: Tensor,
+        gen_out: Tensor,
+        init_std: float = 1e-4,
+        bias: bool = False,
+        equivariant_matrix: Callable[[], Tensor] | None = None,
+    ) -> None:
+        def free() -> nn.Linear:
+            lin = nn.Linear(d_in, d_out, bias=bias)
+            nn.init.normal_(lin.weight, 0.0, init_std) if init_std > 0 else nn.init.zeros_(lin.weight)
+            if bias:
+                nn.init.zeros_(lin.bias)
+            return lin
+
+        super().__init__(equivariant, free, make_lie_action(gen_in, gen_out))
+        self.register_buffer("gen_in", gen_in.clone(), persistent=False)
+        self.register_buffer("gen_out", gen_out.clone(), persistent=False)
+        self._equivariant_matrix = equivariant_matrix
+        self._moments: tuple[Tensor, Tensor, int] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.theta == 0.0:
+            return self.equivariant(x)
+        if self.training and self.record_input:
+            self._last_input = x.detach()
+            self._moments = None
+        if self._equivariant_matrix is None:
+            return self.equivariant(x) + self.theta * self.free(x)
+        weight = self._equivariant_matrix() + self.theta * self.free.weight.t()
+        y = x @ weight
+        return y if self.free.bias is None else y + self.theta * self.free.bias
+
+    def moments(self) -> tuple[Tensor, Tensor, int]:
+        """``(S [d_in, d_in], m [d_in], n)`` of the last input: second moment, sum, number of vectors."""
+        if self._moments is None:
+            x = self._last_input.reshape(-1, self._last_input.shape[-1])
+            self._moments = (x.t() @ x, x.sum(0), x.shape[0])
+        return self._moments
+
+    def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
+        weight = self.free.weight  # [d_out, d_in]
+        zero = weight.new_zeros(())
+        if self._last_input is None:
+            return zero, zero
+        batch = self._last_input.shape[0]
+        s, m, n = self.moments()
+        ld = zero
+        if lie:
+            gin, gout = self.gen_in.to(weight.dtype), self.gen_out.to(weight.dtype)
+            lie_mats = weight @ gin - gout @ weight  # [G, d_out, d_in]
+            ld = torch.einsum("gij,jk,gik->", lie_mats, s, lie_mats) / batch
+        sq = zero
+        if norm:
+            sq = torch.einsum("ij,jk,ik->", weight, s, weight)
+            if self.free.bias is not None:
+                b = self.free.bias
+                sq = sq + 2 * b @ (weight @ m) + n * b.pow(2).sum()
+            sq = sq / batch
+        return ld, sq

@@ -1,0 +1,172 @@
+"""The relaxed layer ``f(x) = f_eq(x) + theta * W(x)`` and the two functions the trainer calls.
+
+A :class:`RelaxedLayer` wraps an equivariant map ``f_eq: V_in -> V_out`` and a free (unconstrained) map
+``W`` of the same input and output shapes, and knows how the group acts on ``V_in`` and ``V_out``. It holds
+no schedule: the trainer sets ``theta`` for the whole model with :func:`set_theta` and asks for the
+regulariser with :func:`relaxation_penalty`. With ``theta == 0`` the free branch is not evaluated at all,
+so the layer returns exactly ``f_eq(x)`` (the *projection* of the paper).
+
+The free branch is initialised from a random stream derived from, but not drawn from, torch's global
+generator, so a model built relaxed and the same model built plain from one seed have identical
+equivariant weights: ``equivariant`` and ``relaxed`` runs of a seed start from the same network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from relaxbench.relax.lie import FeatureAction, lie_derivative_sq
+
+__all__ = [
+    "RelaxedLayer",
+    "build_free",
+    "free_parameters",
+    "maybe_relax",
+    "relaxation_penalty",
+    "relaxed_layers",
+    "set_theta",
+]
+
+
+def _derived_seed() -> int:
+    """A seed that is a deterministic function of the global RNG state, without advancing it."""
+    digest = hashlib.sha256(torch.random.get_rng_state().numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def build_free(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Build a free branch from ``factory`` without consuming torch's global random stream."""
+    seed = _derived_seed()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
+
+
+class RelaxedLayer(nn.Module):
+    """``f(x) = f_eq(x) + theta * W(x)`` on features of representation ``V_in -> V_out``.
+
+    Args:
+        equivariant: the constrained map ``f_eq``, ``[B, *feat_in] -> [B, *feat_out]``.
+        free: a zero-argument factory returning the free map ``W`` with the same input and output shapes
+            (built with a derived random stream, see module docstring).
+        action: how the group acts on ``V_in`` and ``V_out`` (for the Lie-derivative penalty).
+        free_linear: optional bias-free view ``x -> W_lin x``; by default the linear part of the affine
+            ``W`` is taken as ``W(x) - W(0)``, so a bias never leaks into the Lie term.
+
+    Attributes:
+        theta: the relaxation weight (float, >= 0), set by :func:`set_theta`.
+    """
+
+    def __init__(
+        self,
+        equivariant: nn.Module,
+        free: Callable[[], nn.Module],
+        action: FeatureAction,
+        free_linear: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.equivariant = equivariant
+        self.free = build_free(free)
+        self.action = action
+        self._free_linear = free_linear
+        self.theta = 0.0
+        self.record_input = True
+        self._last_input: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.equivariant(x)
+        if self.theta == 0.0:
+            return y
+        if self.training and self.record_input:
+            self._last_input = x.detach()
+        return y + self.theta * self.free(x)
+
+    def free_linear(self, x: Tensor) -> Tensor:
+        """The bias-free free map applied to ``x``."""
+        if self._free_linear is not None:
+            return self._free_linear(x)
+        if hasattr(self.free, "bias") and self.free.bias is None:
+            return self.free(x)
+        return self.free(x) - self.free(torch.zeros_like(x[:1]))
+
+    def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
+        """``(ld, norm)``: the squared Lie derivative and the squared free activation on the last input.
+
+        Both are summed over generators and feature axes and averaged over the batch (so their weight does
+        not change with the batch size). Zero tensors if the layer saw no input at theta > 0.
+        """
+        x = self._last_input
+        zero = self.free_weight_anchor().new_zeros(())
+        if x is None:
+            return zero, zero
+        ld = lie_derivative_sq(self.free_linear, x, self.action) if lie else zero
+        sq = self.free(x).pow(2).sum() / x.shape[0] if norm else zero
+        return ld, sq
+
+    def free_weight_anchor(self) -> Tensor:
+        """Any parameter of the free branch (fixes dtype and device of zero penalties)."""
+        return next(self.free.parameters())
+
+    def extra_repr(self) -> str:
+        return f"theta={self.theta}, action={self.action.kind}"
+
+
+def maybe_relax(
+    relaxed: bool,
+    equivariant: nn.Module,
+    free: Callable[[], nn.Module],
+    action: Callable[[], FeatureAction],
+) -> nn.Module:
+    """Return ``equivariant`` itself for a plain model, or wrap it in a :class:`RelaxedLayer`.
+
+    ``free`` and ``action`` are factories so that a plain model never builds them.
+    """
+    if not relaxed:
+        return equivariant
+    return RelaxedLayer(equivariant, free, action())
+
+
+def relaxed_layers(model: nn.Module) -> Iterator[RelaxedLayer]:
+    """Every :class:`RelaxedLayer` in ``model``'s module tree."""
+    return (m for m in model.modules() if isinstance(m, RelaxedLayer))
+
+
+def set_theta(model: nn.Module, theta: float) -> None:
+    """Set ``theta`` on every relaxed layer; ``theta == 0`` projects the model to its equivariant part."""
+    if theta < 0:
+        raise ValueError(f"theta must be >= 0, got {theta}")
+    for layer in relaxed_layers(model):
+        layer.theta = float(theta)
+        layer._last_input = None
+
+
+def relaxation_penalty(
+    model: nn.Module, lie: bool = True, norm: bool = True, eps: float = 1e-8
+) -> dict[str, Tensor]:
+    """The paper's regulariser over all relaxed layers, from the inputs of the last forward pass.
+
+    Returns ``{"lie": sum_layers sqrt(ld + eps), "norm": sum_layers sqrt(norm + eps)}`` (scalars). A term that is
+    switched off, or a model without relaxed layers (or at theta = 0), gives zeros. The ``eps`` keeps the
+    gradient finite where a free map is exactly zero.
+    """
+    lie_total: Tensor | float = 0.0
+    norm_total: Tensor | float = 0.0
+    for layer in relaxed_layers(model):
+        if layer._last_input is None:
+            continue
+        ld, sq = layer.penalty_terms(lie=lie, norm=norm)
+        if lie:
+            lie_total = lie_total + torch.sqrt(ld + eps)
+        if norm:
+            norm_total = norm_total + torch.sqrt(sq + eps)
+    as_tensor = lambda v: v if isinstance(v, Tensor) else torch.tensor(float(v))  # noqa: E731
+    return {"lie": as_tensor(lie_total), "norm": as_tensor(norm_total)}
+
+
+def free_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of all free branches (for the residual-pathway prior's L2 and for parameter counts)."""
+    return [p for layer in relaxed_layers(model) for p in layer.free.parameters()]

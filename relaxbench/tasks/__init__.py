@@ -1,0 +1,1 @@
+"""Tasks: one module per task (``relaxbench.tasks.NAME`` defines ``TASK``); see :mod:`relaxbench.registry`."""

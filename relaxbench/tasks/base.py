@@ -1,0 +1,144 @@
+"""The task contract: data splits, loss and metrics (with units), and the group action.
+
+Every example is a fixed-size set of tensors, so a split is a dict of tensors with a common leading axis
+(:class:`Split`) and a batch is the same dict sliced. A model maps a batch dict to a prediction (a tensor
+``[B, ...]`` or a dict of them), and the task knows how the group acts on both.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from relaxbench.symmetry import GroupElement
+
+__all__ = ["Batch", "Metric", "Split", "Task", "TaskError"]
+
+Batch = dict[str, Tensor]
+
+
+class TaskError(ValueError):
+    """Bad task parameters or data files (the message names the problem)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric's name as it appears in records (unit included, e.g. ``"mse_pos"``), unit and direction."""
+
+    name: str
+    unit: str
+    lower_is_better: bool = True
+
+
+class Split:
+    """A dataset split: tensors ``{key: [N, ...]}`` sharing the leading example axis ``N``."""
+
+    def __init__(self, tensors: Mapping[str, Tensor]) -> None:
+        sizes = {k: v.shape[0] for k, v in tensors.items()}
+        if len(set(sizes.values())) != 1:
+            raise TaskError(f"split tensors disagree on the number of examples: {sizes}")
+        self.tensors = dict(tensors)
+        self.size = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def head(self, n: int) -> Batch:
+        """The first ``n`` examples as one batch."""
+        return {k: v[:n] for k, v in self.tensors.items()}
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> Iterator[Batch]:
+        """Batches of ``batch_size`` (the last may be smaller); shuffled when ``generator`` is given."""
+        order = torch.randperm(self.size, generator=generator) if generator is not None else None
+        for start in range(0, self.size, batch_size):
+            idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            yield {k: v[idx].to(device, non_blocking=True) for k, v in self.tensors.items()}
+
+
+class Task(abc.ABC):
+    """A benchmark task. Subclasses set the class attributes and implement the abstract methods.
+
+    Args:
+        params: task parameters from the config (validated by the subclass; unknown keys rejected).
+        data_dir: where ``prepare`` caches the generated or converted data.
+    """
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[Metric, ...]]
+    defaults: ClassVar[dict[str, Any]] = {}
+    needs_grad: ClassVar[bool] = False
+    generator_version: ClassVar[str] = "1"
+
+    def __init__(self, params: Mapping[str, Any] | None, data_dir: str | Path) -> None:
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise TaskError(
+                f"task {self.name!r}: unknown parameter(s) {unknown}; choices: {sorted(self.defaults)}"
+            )
+        self.params = {**self.defaults, **params}
+        self.data_dir = Path(data_dir)
+
+    # --- data -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Generate or convert the data into ``self.data_dir`` (idempotent; writes atomically)."""
+
+    @abc.abstractmethod
+    def load_splits(self) -> dict[str, Split]:
+        """``{"train", "val", "test"}`` splits from ``self.data_dir`` (``prepare`` must have run)."""
+
+    @property
+    @abc.abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """What a model builder needs to know (input and output sizes, number of classes, ...)."""
+
+    def prepared(self) -> bool:
+        """Whether ``prepare`` has completed for these parameters."""
+        return (self.data_dir / "DONE.json").exists()
+
+    def mark_prepared(self, info: Mapping[str, Any]) -> None:
+        """Write ``DONE.json`` (parameters and facts about the data) last, atomically."""
+        from relaxbench.records import atomic_write_text
+
+        payload = {"task": self.name, "generator_version": self.generator_version, "params": self.params}
+        atomic_write_text(self.data_dir / "DONE.json", json.dumps({**payload, **info}, indent=2))
+
+    # --- learning ---------------------------------------------------------------------------------
+    @property
+    def primary(self) -> Metric:
+        """The metric used for model selection and the leaderboard (the first of ``metrics``)."""
+        return self.metrics[0]
+
+    def predict(self, model: nn.Module, batch: Batch) -> Tensor | dict[str, Tensor]:
+        """The model's prediction on a batch (tasks with derived outputs, e.g. forces, override this)."""
+        return model(batch)
+
+    @abc.abstractmethod
+    def loss(self, pred: Any, batch: Batch) -> Tensor:
+        """Scalar training loss (mean over the batch)."""
+
+    @abc.abstractmethod
+    def metric_values(self, pred: Any, batch: Batch) -> dict[str, Tensor]:
+        """Per-example values ``[B]`` of every metric in ``metrics``, and of ``"loss"``."""
+
+    # --- symmetry ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def sample_group(self, n: int, generator: torch.Generator) -> list[GroupElement]:
+        """``n`` seeded group elements for the equivariance metric (exact and approximate flagged)."""
+
+    @abc.abstractmethod
+    def act(self, g: GroupElement, batch: Batch) -> Batch:
+        """The group element acting on an input batch."""
+
+    @abc.abstractmethod
+    def act_output(self, g: GroupElement, pred: Any) -> Any:
+        """The group element acting on a prediction."""

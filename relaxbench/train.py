@@ -1,0 +1,383 @@
+"""One run, start to record: build, train with validation-based selection, evaluate, write.
+
+The evaluated model is the one selected on the validation split (never the test split), projected to
+theta = 0 unless the method keeps its free branch (``rpp``, ``unconstrained``). The run directory gets
+``history.csv`` (one row per epoch), ``model.pt`` (selected weights), and ``record.json`` last, all written
+atomically; a killed run leaves no record and so is simply rerun. Optional checkpoints
+(``training.checkpoint_every``) let ``training.resume`` continue an interrupted run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import logging
+import math
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from relaxbench import registry
+from relaxbench.methods import Method, get_method
+from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
+from relaxbench.relax import free_parameters, relaxation_penalty, set_theta
+from relaxbench.symmetry import model_equivariance_error
+from relaxbench.tasks.base import Split, Task
+
+__all__ = ["Diverged", "build_model", "evaluate", "select_device", "train_run"]
+
+log = logging.getLogger("relaxbench.train")
+
+
+class Diverged(RuntimeError):
+    """A non-finite training loss."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(f"non-finite training loss ({value}) at epoch {epoch}, step {step}")
+        self.epoch = epoch
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no GPU; use device: auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(resolved: Mapping[str, Any], task: Task, method: Method) -> tuple[nn.Module, Method]:
+    """Build the run's model from the seeded global stream; returns it and the method as it applies.
+
+    ``unconstrained`` uses the model's ``build_unconstrained`` where it has one, else the relaxed twin with
+    theta fixed at 1, no penalty and no projection (the returned method says so).
+    """
+    entry = registry.get_model(resolved["arch"], resolved.get("family"))
+    params = resolved["model_params"]
+    try:
+        if method.variant == "unconstrained" and entry.build_unconstrained is not None:
+            return entry.build_unconstrained(task.spec, **params), method
+        if method.variant == "unconstrained":
+            fixed = replace(method, schedule="constant", theta_peak=1.0, project=False,
+                            lambda_lie=0.0, lambda_norm=0.0)
+            return entry.build(task.spec, relaxed=True, **params), fixed
+        return entry.build(task.spec, relaxed=method.relaxed, **params), method
+    except TypeError as err:
+        raise registry.RegistryError(f"model {resolved['model']!r} ({resolved['arch']}): {err}") from err
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Mean of every per-example metric (and ``loss``) over a split, model in eval mode."""
+    model.eval()
+    sums: dict[str, float] = {}
+    for batch in split.batches(batch_size, device=device):
+        with torch.enable_grad() if task.needs_grad else torch.no_grad():
+            pred = task.predict(model, batch)
+            values = task.metric_values(pred, batch)
+        for name, v in values.items():
+            sums[name] = sums.get(name, 0.0) + float(v.detach().double().sum())
+    return {name: total / len(split) for name, total in sums.items()}
+
+
+def _optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def lr_at(epoch: int, cfg: Mapping[str, Any]) -> float:
+    """Learning rate of 0-based ``epoch``: linear warm-up, then none / step / cosine."""
+    base, epochs, warm = cfg["lr"], cfg["epochs"], cfg["warmup_epochs"]
+    if epoch < warm:
+        return base * (epoch + 1) / (warm + 1)
+    if cfg["lr_schedule"] == "step":
+        return base * cfg["lr_gamma"] ** (epoch // cfg["lr_step_epochs"])
+    if cfg["lr_schedule"] == "cosine":
+        progress = (epoch - warm) / max(1, epochs - warm)
+        return cfg["lr_min"] + 0.5 * (base - cfg["lr_min"]) * (1 + math.cos(math.pi * progress))
+    return base
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("relaxbench", "torch", "e3nn", "escnn", "numpy", "scipy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _save_torch(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class _Trainer:
+    """State of one training run (kept in one place so that checkpoints capture all of it)."""
+
+    def __init__(self, resolved: Mapping[str, Any], task: Task, splits: dict[str, Split], device: torch.device,
+                 quiet: bool) -> None:
+        self.resolved, self.task, self.splits, self.device, self.quiet = resolved, task, splits, device, quiet
+        self.cfg = resolved["training"]
+        self.seed = int(resolved["seed"])
+        seed_everything(self.seed)
+        method = get_method(resolved["method"], resolved["method_params"])
+        self.model, self.method = build_model(resolved, task, method)
+        self.model.to(device)
+        self.optimizer = _optimizer(self.model, self.cfg)
+        self.schedule = self.method.theta_schedule(self.cfg["epochs"])
+        self.shuffle = torch.Generator().manual_seed(self.seed)
+        self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, int, dict[str, torch.Tensor], float] | None = None
+        self.start_epoch = 0
+        self.steps = 0
+        self.step_time = 0.0
+        self.resumed = False
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_state(self, next_epoch: int) -> dict[str, Any]:
+        return {
+            "next_epoch": next_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "steps": self.steps,
+            "step_time": self.step_time,
+            "shuffle": self.shuffle.get_state(),
+            "torch_rng": torch.random.get_rng_state(),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        self.best = state["best"]
+        self.steps, self.step_time = int(state["steps"]), float(state["step_time"])
+        self.shuffle.set_state(state["shuffle"])
+        torch.random.set_rng_state(state["torch_rng"])
+        self.start_epoch = int(state["next_epoch"])
+        self.resumed = True
+
+    # --- training ---------------------------------------------------------------------------------
+    def regulariser(self, theta: float) -> tuple[torch.Tensor, dict[str, float]]:
+        m = self.method
+        pen = relaxation_penalty(self.model, lie=m.lambda_lie > 0, norm=m.lambda_norm > 0, eps=m.eps)
+        reg = m.lambda_lie * pen["lie"] + m.lambda_norm * pen["norm"]
+        if m.lie_times_theta:
+            reg = reg * theta
+        if m.free_l2 > 0:
+            reg = reg + m.free_l2 * sum(p.pow(2).sum() for p in free_parameters(self.model))
+        return torch.as_tensor(reg, device=self.device), {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        theta = self.schedule(epoch)
+        lr = lr_at(epoch, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        set_theta(self.model, theta)
+        self.model.train()
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "task_loss": 0.0, "lie": 0.0, "norm": 0.0}
+        n = 0
+        limit = self.cfg["max_steps_per_epoch"]
+        for step, batch in enumerate(self.splits["train"].batches(self.cfg["batch_size"], self.shuffle, self.device)):
+            if limit is not None and step >= limit:
+                break
+            ts = time.perf_counter()
+            pred = self.task.predict(self.model, batch)
+            task_loss = self.task.loss(pred, batch)
+            reg, terms = self.regulariser(theta)
+            loss = task_loss + reg
+            if not torch.isfinite(loss):
+                raise Diverged(epoch, step, float(loss))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg["grad_clip"]:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
+            self.optimizer.step()
+            self.step_time += time.perf_counter() - ts
+            self.steps += 1
+            n += 1
+            sums["loss"] += loss.item()
+            sums["task_loss"] += task_loss.item()
+            sums["lie"] += terms["lie"]
+            sums["norm"] += terms["norm"]
+        row = {"epoch": epoch, "theta": theta, "lr": lr, **{k: v / max(n, 1) for k, v in sums.items()}}
+        row["train_seconds"] = time.perf_counter() - t0
+        return row
+
+    def select(self, epoch: int, theta: float) -> dict[str, float]:
+        """Validate the evaluated form of the model; keep the best state."""
+        set_theta(self.model, self.method.eval_theta(theta))
+        val = evaluate(self.model, self.task, self.splits["val"], self.cfg["eval_batch_size"], self.device)
+        value = val[self.task.primary.name]
+        score = value if self.task.primary.lower_is_better else -value
+        if math.isfinite(score) and (self.best is None or score < self.best[0]):
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = (score, epoch, state, theta)
+        return val
+
+    def fit(self, run_dir: Path) -> None:
+        epochs = self.cfg["epochs"]
+        every = self.cfg["checkpoint_every"]
+        bar = tqdm(range(self.start_epoch, epochs), desc="epochs", disable=self.quiet or not sys.stderr.isatty())
+        for epoch in bar:
+            row = self.train_epoch(epoch)
+            val = self.select(epoch, row["theta"])
+            row.update({f"val_{k}": v for k, v in val.items()})
+            self.history.append(row)
+            log.info("epoch %d theta %.3f loss %.4g val %s %.4g", epoch, row["theta"], row["loss"],
+                     self.task.primary.name, val[self.task.primary.name])
+            bar.set_postfix(loss=f"{row['loss']:.4g}", val=f"{val[self.task.primary.name]:.4g}")
+            if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
+                _save_torch(run_dir / "checkpoint.pt", self.checkpoint_state(epoch + 1))
+
+
+def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRecord:
+    from relaxbench.config import run_hash
+
+    return RunRecord(
+        task=resolved["task"], model=resolved["model"], arch=resolved["arch"],
+        family=resolved.get("family") or registry.get_model(resolved["arch"], resolved.get("family")).family,
+        method=resolved["method"], seed=int(resolved["seed"]), config_name=resolved["config_name"],
+        config_hash=run_hash(resolved), status=status, metric=task.primary.name, metric_unit=task.primary.unit,
+        lower_is_better=task.primary.lower_is_better, versions=_versions(), git_commit=_git_commit(),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_config=dict(resolved),
+        threads=torch.get_num_threads(),
+    )
+
+
+def train_run(resolved: Mapping[str, Any], run_dir: str | Path, data_dir: str | Path, quiet: bool = True) -> RunRecord:
+    """Train one run and write its directory; returns the record (status ``ok``, ``diverged`` or ``failed``).
+
+    Configuration errors (unknown names, bad parameters, missing data) raise before anything is written;
+    errors during training are recorded as ``failed`` with the reason.
+    """
+    run_dir = Path(run_dir)
+    t_start = time.perf_counter()
+    device = select_device(resolved["device"])
+    task = registry.get_task_class(resolved["task"])(resolved["task_params"], data_dir)
+    if not task.prepared():
+        task.prepare()
+    splits = task.load_splits()
+    trainer = _Trainer(resolved, task, splits, device, quiet)
+    record = _base_record(resolved, task, "ok")
+    record.device = str(device)
+    record.run_config["method_params"] = {k: v for k, v in trainer.method.__dict__.items() if k != "name"}
+    free = sum(p.numel() for p in free_parameters(trainer.model))
+    record.params_total = sum(p.numel() for p in trainer.model.parameters())
+    record.params_free, record.params_equivariant = free, record.params_total - free
+
+    eq_batch = splits["test"].head(trainer.cfg["equivariance_examples"])
+    eq_batch = {k: v.to(device) for k, v in eq_batch.items()}
+    n_elements, eq_seed = trainer.cfg["equivariance_samples"], 10_000 + int(resolved["seed"])
+    set_theta(trainer.model, trainer.method.eval_theta(trainer.schedule(0)))
+    init_err = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed)
+    record.equiv_init_exact, record.equiv_init_approx = init_err.exact, init_err.approx
+
+    checkpoint = run_dir / "checkpoint.pt"
+    if trainer.cfg["resume"] and checkpoint.exists():
+        trainer.restore(torch.load(checkpoint, map_location=device, weights_only=True))
+        log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch)
+    record.resumed = trainer.resumed
+    try:
+        trainer.fit(run_dir)
+    except Diverged as err:
+        record.status, record.reason, record.diverged_epoch = "diverged", str(err), err.epoch
+    except (RuntimeError, ValueError) as err:
+        log.exception("run failed")
+        record.status, record.reason = "failed", f"{type(err).__name__}: {err}"
+    record.epochs_run = len(trainer.history)
+    record.steps = trainer.steps
+    record.time_per_step_s = trainer.step_time / trainer.steps if trainer.steps else None
+
+    if record.status == "ok" and trainer.best is None:
+        record.status, record.reason = "diverged", "validation metric was never finite"
+    if record.status == "ok":
+        _, best_epoch, state, best_theta = trainer.best
+        trainer.model.load_state_dict(state)
+        record.best_epoch = best_epoch
+        eval_theta = trainer.method.eval_theta(best_theta)
+        set_theta(trainer.model, eval_theta)
+        bs = trainer.cfg["eval_batch_size"]
+        for split in ("train", "val", "test"):
+            setattr(record, split, evaluate(trainer.model, task, splits[split], bs, device))
+        record.gen_gap = record.test["loss"] - record.train["loss"]
+        t_eval = time.perf_counter()
+        final = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed)
+        record.eval_time_s = time.perf_counter() - t_eval
+        record.equiv_final_exact, record.equiv_final_approx = final.exact, final.approx
+        record.equiv_dtype = final.dtype
+        if trainer.method.relaxed and best_theta > 0 and eval_theta == 0:
+            set_theta(trainer.model, best_theta)
+            unprojected = evaluate(trainer.model, task, splits["test"], bs, device)
+            record.test_metric_unprojected = unprojected[task.primary.name]
+            record.theta_unprojected = best_theta
+            set_theta(trainer.model, eval_theta)
+    record.wall_time_s = time.perf_counter() - t_start
+    record.peak_memory_mb = _peak_memory_mb(device)
+    _publish(run_dir, record, trainer)
+    return record
+
+
+def _publish(run_dir: Path, record: RunRecord, trainer: _Trainer) -> None:
+    """Write the run's files into a staging folder, then move them in place, ``record.json`` last.
+
+    A rerun killed before this point leaves an earlier finished run untouched.
+    """
+    stage = run_dir / ".partial"
+    files = ["history.csv", "record.json"]
+    atomic_write_text(stage / "history.csv", pd.DataFrame(trainer.history).to_csv(index=False))
+    if record.status == "ok":
+        _save_torch(stage / "model.pt", trainer.model.state_dict())
+        files.insert(0, "model.pt")
+    else:
+        (run_dir / "model.pt").unlink(missing_ok=True)
+    record.write(stage / "record.json")
+    for name in files:
+        os.replace(stage / name, run_dir / name)
+    stage.rmdir()
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+

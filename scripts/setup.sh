@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build (once) and print the path of relaxbench's virtual environment.
+#
+# The venv lives outside the checkout, keyed by the hash of requirements.lock, so every clone of the same
+# lock file reuses one 5.8 GB environment: RELAXBENCH_VENV_ROOT (default ~/.cache/relaxbench).
+# System packages: gfortran (py3nj, needed by escnn) and chromium (report browser test) are installed with
+# apt-get when it is available and we are root; otherwise we say what is missing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+lock="$here/requirements.lock"
+root=${RELAXBENCH_VENV_ROOT:-$HOME/.cache/relaxbench}
+key=$(sha256sum "$lock" | cut -c1-16)
+venv="$root/venv-$key"
+PY=${PYTHON:-python3}
+
+need_apt=()
+command -v gfortran >/dev/null 2>&1 || need_apt+=(gfortran)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing system packages: ${need_apt[*]}" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >&2
+  else
+    echo "setup: missing system packages: ${need_apt[*]} (install them with your package manager;" >&2
+    echo "       gfortran is required to build py3nj for escnn, chromium only for the browser test)" >&2
+  fi
+fi
+
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+  echo "setup: building $venv from requirements.lock (one time, several minutes)" >&2
+  rm -rf "$venv"
+  mkdir -p "$root"
+  "$PY" -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$lock" >&2
+  touch "$venv/.complete"
+fi
+# Point the venv's relaxbench at this checkout (cheap; re-run by every make target).
+"$venv/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$here" >&2
+echo "$venv"
