@@ -259,7 +259,7 @@ class _Trainer:
             self.best = (score, epoch, state, theta)
         return val
 
-    def fit(self, run_dir: Path) -> None:
+    def fit(self, run_dir: Path, config_hash: str) -> None:
         epochs = self.cfg["epochs"]
         every = self.cfg["checkpoint_every"]
         bar = tqdm(range(self.start_epoch, epochs), desc="epochs", disable=self.quiet or not sys.stderr.isatty())
@@ -272,7 +272,7 @@ class _Trainer:
                      self.task.primary.name, val[self.task.primary.name])
             bar.set_postfix(loss=f"{row['loss']:.4g}", val=f"{val[self.task.primary.name]:.4g}")
             if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-                _save_torch(run_dir / "checkpoint.pt", self.checkpoint_state(epoch + 1))
+                _save_torch(run_dir / "checkpoint.pt", {**self.checkpoint_state(epoch + 1), "config_hash": config_hash})
 
 
 def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRecord:
@@ -289,8 +289,14 @@ def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRec
     )
 
 
-def train_run(resolved: Mapping[str, Any], run_dir: str | Path, data_dir: str | Path, quiet: bool = True) -> RunRecord:
+def train_run(
+    resolved: Mapping[str, Any], run_dir: str | Path, data_dir: str | Path, quiet: bool = True, resume: bool = False
+) -> RunRecord:
     """Train one run and write its directory; returns the record (status ``ok``, ``diverged`` or ``failed``).
+
+    ``resume`` (or ``training.resume``) continues from ``run_dir/checkpoint.pt`` when one exists; checkpoints
+    are written every ``training.checkpoint_every`` epochs and hold the full training state (weights, optimiser,
+    history, best state, random streams), so a resumed run reproduces the uninterrupted one.
 
     Configuration errors (unknown names, bad parameters, missing data) raise before anything is written;
     errors during training are recorded as ``failed`` with the reason.
@@ -318,12 +324,16 @@ def train_run(resolved: Mapping[str, Any], run_dir: str | Path, data_dir: str | 
     record.equiv_init_exact, record.equiv_init_approx = init_err.exact, init_err.approx
 
     checkpoint = run_dir / "checkpoint.pt"
-    if trainer.cfg["resume"] and checkpoint.exists():
-        trainer.restore(torch.load(checkpoint, map_location=device, weights_only=True))
-        log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch)
+    if (resume or trainer.cfg["resume"]) and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("config_hash") == record.config_hash:
+            trainer.restore(state)
+            log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch)
+        else:
+            log.warning("ignoring %s: it belongs to another configuration of this run", checkpoint)
     record.resumed = trainer.resumed
     try:
-        trainer.fit(run_dir)
+        trainer.fit(run_dir, record.config_hash)
     except Diverged as err:
         record.status, record.reason, record.diverged_epoch = "diverged", str(err), err.epoch
     except (RuntimeError, ValueError) as err:
