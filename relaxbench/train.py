@@ -38,7 +38,7 @@ from relaxbench.relax import free_parameters, relaxation_penalty, set_theta
 from relaxbench.symmetry import model_equivariance_error
 from relaxbench.tasks.base import Split, Task
 
-__all__ = ["Diverged", "build_model", "evaluate", "select_device", "train_run"]
+__all__ = ["Diverged", "build_model", "evaluate", "regulariser", "select_device", "train_run"]
 
 log = logging.getLogger("relaxbench.train")
 
@@ -153,6 +153,18 @@ def _save_torch(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def regulariser(model: nn.Module, method: Method, theta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The method's penalty for the last forward pass: ``lambda_lie * lie + lambda_norm * norm`` (times theta
+    for the ``lie_times_theta`` variant) plus ``free_l2 * ||free params||^2``; also the raw terms for logging."""
+    pen = relaxation_penalty(model, lie=method.lambda_lie > 0, norm=method.lambda_norm > 0, eps=method.eps)
+    reg = method.lambda_lie * pen["lie"] + method.lambda_norm * pen["norm"]
+    if method.lie_times_theta:
+        reg = reg * theta
+    if method.free_l2 > 0:
+        reg = reg + method.free_l2 * sum(p.pow(2).sum() for p in free_parameters(model))
+    return reg, {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
+
+
 class _Trainer:
     """State of one training run (kept in one place so that checkpoints capture all of it)."""
 
@@ -201,16 +213,6 @@ class _Trainer:
         self.resumed = True
 
     # --- training ---------------------------------------------------------------------------------
-    def regulariser(self, theta: float) -> tuple[torch.Tensor, dict[str, float]]:
-        m = self.method
-        pen = relaxation_penalty(self.model, lie=m.lambda_lie > 0, norm=m.lambda_norm > 0, eps=m.eps)
-        reg = m.lambda_lie * pen["lie"] + m.lambda_norm * pen["norm"]
-        if m.lie_times_theta:
-            reg = reg * theta
-        if m.free_l2 > 0:
-            reg = reg + m.free_l2 * sum(p.pow(2).sum() for p in free_parameters(self.model))
-        return torch.as_tensor(reg, device=self.device), {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
-
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         theta = self.schedule(epoch)
         lr = lr_at(epoch, self.cfg)
@@ -228,7 +230,7 @@ class _Trainer:
             ts = time.perf_counter()
             pred = self.task.predict(self.model, batch)
             task_loss = self.task.loss(pred, batch)
-            reg, terms = self.regulariser(theta)
+            reg, terms = regulariser(self.model, self.method, theta)
             loss = task_loss + reg
             if not torch.isfinite(loss):
                 raise Diverged(epoch, step, float(loss))
