@@ -242,7 +242,7 @@ def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         samples[key] = good["test_metric"].dropna().to_numpy(dtype=float)
         counts = runs["status"].value_counts()
         row = {"task": task, "model": model, "method": method, "family": families.get(model),
-               **(meta.loc[task].to_dict() if task in meta.index else {}),
+               **{c: meta.at[task, c] if task in meta.index else None for c in meta.columns},
                "n_total": len(runs), **{f"n_{s}": int(counts.get(s, 0)) for s in ("ok", "diverged", "failed", "missing")},
                "not_ok": _not_ok_summary(runs)}
         for q in QUANTITIES:

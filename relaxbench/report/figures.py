@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from relaxbench.methods import METHODS
 
@@ -32,6 +32,7 @@ EQUIV_FLOOR = 1e-17
 WHEN_COLORS = {"at init": "0.6", "at end": "#c0392b"}
 DPI = 80
 PANEL = (3.8, 2.9)  # inches per panel
+MIN_WIDTH = 6.0  # inches: a one-column figure still fits its legend
 RC = {"axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
       "legend.fontsize": 10, "font.family": "DejaVu Sans"}
 
@@ -58,8 +59,8 @@ def method_colors(methods: Sequence[str]) -> dict[str, tuple]:
 
 def _figure(nrows: int, ncols: int, legend: bool = True) -> tuple[Figure, np.ndarray]:
     """A figure of ``nrows x ncols`` panels, with room for a legend row below them."""
-    fig = Figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows + (0.5 if legend else 0.0)), dpi=DPI,
-                 layout="constrained")
+    fig = Figure(figsize=(max(PANEL[0] * ncols, MIN_WIDTH), PANEL[1] * nrows + (0.5 if legend else 0.0)),
+                 dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
@@ -76,7 +77,9 @@ def _style():
 
 
 def _legend(fig: Figure, handles: Sequence[Line2D]) -> None:
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    """A legend below the panels, in as many columns as the figure's width holds (about 1.9 inches each)."""
+    per_row = max(1, int(fig.get_figwidth() / 1.9))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), per_row), frameon=False)
 
 
 def _method_legend(fig: Figure, colors: Mapping[str, tuple], methods: Sequence[str], extra=()) -> None:
@@ -124,6 +127,7 @@ def _curve_grid(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], rows:
             for i, (column, label, log) in enumerate(rows):
                 ax = axes[i, j]
                 _curves(ax, sub, histories, column, colors, positive_only=log)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 if log:
                     _log_y(ax)
                 ax.set_title(_text(model) if i == 0 else "")
@@ -146,7 +150,8 @@ def _curves(ax: Axes, runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame],
             hist = histories[row.run_dir]
             if column not in hist:
                 continue
-            hist = hist[hist[column] > 0] if positive_only else hist.dropna(subset=[column])
+            values = hist[column].to_numpy(dtype=float)
+            hist = hist[np.isfinite(values) & ((values > 0) if positive_only else True)]
             if hist.empty:
                 continue
             ax.plot(hist["epoch"], hist[column], color=colors[method], lw=0.8, alpha=0.35)

@@ -45,7 +45,8 @@ def slug(*parts: Any) -> str:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN or pandas' NA (scalars only)."""
+    return value is None or (not isinstance(value, (str, bytes, dict, list)) and bool(pd.isna(value)))
 
 
 def fmt_num(value: Any, digits: int = 4) -> str:
@@ -113,6 +114,7 @@ def _run_context(row: Mapping[str, Any], record: RunRecord, history: pd.DataFram
         "metric_names": list(dict.fromkeys(k for split in ("train", "val", "test") for k in data[split])),
         "versions": record.versions,
         "config_json": json.dumps(record.run_config, indent=2, sort_keys=True, default=str),
+        "record_json": record.to_json(),
         "history_columns": list(history.columns),
         "history_rows": history.to_dict("records"),
     }
@@ -157,7 +159,7 @@ def _task_sections(board: pd.DataFrame, agg: pd.DataFrame, histories: Mapping[st
     sections = []
     for task, runs in board.groupby("task", sort=True):
         entries = agg[agg["task"] == task].sort_values(["rank", "model", "method"], na_position="last")
-        meta = entries.iloc[0]
+        meta = {k: (None if _missing(v) else v) for k, v in entries.iloc[0].items()}  # NaN: no run has a record
         name = slug(task)
         made = [
             (figures.learning_curves(runs, histories, stage / f"figures/{name}-learning.png"),
@@ -177,8 +179,8 @@ def _task_sections(board: pd.DataFrame, agg: pd.DataFrame, histories: Mapping[st
              f"apart; values below {figures.EQUIV_FLOOR:g} (exact zeros included) sit on the dotted line."),
         ]
         sections.append({
-            "task": task, "anchor": f"task-{name}", "metric": meta["metric"], "unit": meta["metric_unit"],
-            "lower_is_better": bool(meta["lower_is_better"]) if not _missing(meta["lower_is_better"]) else True,
+            "task": task, "anchor": f"task-{name}", "metric": meta["metric"] or "metric",
+            "unit": meta["metric_unit"] or "?", "lower_is_better": meta["lower_is_better"] in (None, True),
             "entries": [_nan_to_none(e) for e in entries.to_dict("records")],
             "runs": [{**_nan_to_none(r), "page": pages.get(r["run_dir"])} for r in runs.to_dict("records")],
             "figures": [{"src": p.relative_to(stage).as_posix(), "title": t, "caption": c,

@@ -86,7 +86,7 @@ def test_strings_from_configs_and_records_are_escaped(site):
     assert "&lt;script&gt;alert(" in run_page  # the run config's note
 
 
-def test_report_without_collect_is_a_user_error(tmp_path, capsys):
+def test_report_needs_collect_and_shows_missing_runs(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"name": "empty", "models": {"tfn": {"tasks": ["tetris"]}}}))
     assert main(["report", "--config", str(config), "--results", str(tmp_path / "r"),
@@ -94,6 +94,11 @@ def test_report_without_collect_is_a_user_error(tmp_path, capsys):
     assert "run `relaxbench collect` first" in capsys.readouterr().err
     assert main(["collect", "--config", str(config), "--results", str(tmp_path / "r")]) == 0  # missing runs
     assert "6 missing" in capsys.readouterr().out
+    assert main(["report", "--config", str(config), "--results", str(tmp_path / "r"),
+                 "--reports", str(tmp_path / "out")]) == 0
+    index = (tmp_path / "out" / "empty" / "index.html").read_text()
+    assert index.count('<span class="badge status-missing"') >= 6 and "0/3" in index
+    assert not (tmp_path / "out" / "empty" / "figures").exists()
 
 
 def test_formatting_helpers():
