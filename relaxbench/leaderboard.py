@@ -148,7 +148,8 @@ def collect(results_dir: str | Path, expected: Iterable[RunSpec] | None = None) 
     losses = {f"{split}_loss" for split in ("train", "val", "test")}  # present even when no run finished
     metrics = sorted(losses | {c for c in board if c.startswith(("train_", "val_", "test_")) and c not in fixed})
     versions = sorted(c for c in board if c.startswith("version_"))
-    board = board.reindex(columns=LEAD_COLUMNS + metrics + TAIL_COLUMNS + versions)
+    newer = [c for c in board if c not in fixed.union(metrics, versions)]  # record fields added after this module
+    board = board.reindex(columns=LEAD_COLUMNS + metrics + newer + TAIL_COLUMNS + versions)
     return board.sort_values(["task", "model", "method", "seed"], kind="stable").reset_index(drop=True)
 
 
@@ -243,7 +244,8 @@ def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         counts = runs["status"].value_counts()
         row = {"task": task, "model": model, "method": method, "family": families.get(model),
                **{c: meta.at[task, c] if task in meta.index else None for c in meta.columns},
-               "n_total": len(runs), **{f"n_{s}": int(counts.get(s, 0)) for s in ("ok", "diverged", "failed", "missing")},
+               "n_total": len(runs),
+               **{f"n_{s}": int(counts.get(s, 0)) for s in ("ok", "diverged", "failed", "missing")},
                "not_ok": _not_ok_summary(runs)}
         for q in QUANTITIES:
             row.update(_prefixed(q, summarize(good[q])))

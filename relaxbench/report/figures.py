@@ -9,8 +9,10 @@ methods, the same in every figure.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -72,8 +74,12 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _style():
-    return matplotlib.rc_context({**sns.axes_style("whitegrid"), **RC})
+@contextmanager
+def _style() -> Iterator[None]:
+    """The figures' style; silences matplotlib's notice that a constant sample got an automatic y range."""
+    with matplotlib.rc_context({**sns.axes_style("whitegrid"), **RC}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")
+        yield
 
 
 def _legend(fig: Figure, handles: Sequence[Line2D]) -> None:
@@ -203,8 +209,8 @@ def spread_figure(board: pd.DataFrame, aggregates: pd.DataFrame, path: Path) -> 
                     sns.stripplot(data=data, x="method", y=q, hue="method", order=methods, palette=colors, ax=ax,
                                   size=6, jitter=0.15, legend=False, edgecolor="white", linewidth=0.6)
                 stats = entries.loc[methods]
-                ax.errorbar(range(len(methods)), stats[f"{q}_mean"],
-                            yerr=[stats[f"{q}_mean"] - stats[f"{q}_ci_low"], stats[f"{q}_ci_high"] - stats[f"{q}_mean"]],
+                mean = stats[f"{q}_mean"]
+                ax.errorbar(range(len(methods)), mean, yerr=[mean - stats[f"{q}_ci_low"], stats[f"{q}_ci_high"] - mean],
                             fmt="_", color="black", ms=18, mew=2, capsize=4, lw=1.2, zorder=5)
                 ax.set_xticks(range(len(methods)), labels if i == len(rows) - 1 else [""] * len(methods))
                 ax.set_xlabel("")
@@ -244,7 +250,8 @@ def equivariance_figure(board: pd.DataFrame, path: Path) -> Path | None:
                               hue_order=list(WHEN_COLORS), palette=WHEN_COLORS,
                               dodge=True, jitter=0.1, size=6, ax=ax, legend=False, log_scale=True)
                 ax.axhline(EQUIV_FLOOR, color="0.4", ls=":", lw=1)
-                ax.annotate(f"≤ {EQUIV_FLOOR:g} (incl. 0)", xy=(0.99, EQUIV_FLOOR), xycoords=("axes fraction", "data"),
+                ax.annotate(f"≤ {EQUIV_FLOOR:g} (incl. 0)", xy=(0.99, EQUIV_FLOOR),
+                            xycoords=("axes fraction", "data"),
                             ha="right", va="bottom", fontsize=7, color="0.4")
                 ax.set_ylim(EQUIV_FLOOR / 5, max(1.0, float(data["error"].max()) * 3) if len(data) else 1.0)
                 ax.yaxis.set_minor_locator(NullLocator())

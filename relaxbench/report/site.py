@@ -147,11 +147,15 @@ def _provenance(board: pd.DataFrame) -> dict[str, Any]:
 
 
 def _methods_used(records: Mapping[str, RunRecord]) -> list[dict[str, Any]]:
-    """Each method's parameters as the runs applied them (``run_config['method_params']``)."""
-    seen: dict[str, dict[str, Any]] = {}
+    """Each method's parameters as the runs applied them (``run_config['method_params']``), with the models
+    that ran it so; a method appears once per distinct parameter set (``unconstrained`` may differ by model)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
     for record in records.values():
-        seen.setdefault(record.method, dict(record.run_config.get("method_params", {})))
-    return [{"name": name, "params": params} for name, params in sorted(seen.items())]
+        params = record.run_config.get("method_params", {})
+        entry = seen.setdefault((record.method, json.dumps(params, sort_keys=True, default=str)),
+                                {"name": record.method, "params": params, "models": set()})
+        entry["models"].add(record.model)
+    return [{**e, "models": sorted(e["models"])} for _, e in sorted(seen.items())]
 
 
 def _task_sections(board: pd.DataFrame, agg: pd.DataFrame, histories: Mapping[str, pd.DataFrame],
@@ -164,8 +168,8 @@ def _task_sections(board: pd.DataFrame, agg: pd.DataFrame, histories: Mapping[st
         made = [
             (figures.learning_curves(runs, histories, stage / f"figures/{name}-learning.png"),
              "Learning curves", "Training task loss (log axis) and validation metric per epoch; thin lines are "
-             "single runs (a cross marks where a run diverged or failed), thick lines the mean over ok runs; dashed lines "
-             "are theta (right axis)."),
+             "single runs (a cross marks where a run diverged or failed), thick lines the mean over ok runs; "
+             "dashed lines are theta (right axis)."),
             (figures.penalty_curves(runs, histories, stage / f"figures/{name}-penalties.png"),
              "Relaxation penalties", "The regulariser's two terms per epoch, before weighting by lambda (log "
              "axis): the Lie-derivative term and the free branch's activation-norm term, summed over relaxed "

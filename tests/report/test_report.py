@@ -113,9 +113,16 @@ def test_formatting_helpers():
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package 'chromium')")
-def test_pages_render_in_chromium_without_errors(site):
+def test_pages_render_in_chromium_without_errors(site, tmp_path):
     _, out = site
+    broken = tmp_path / "broken.html"  # the harness itself sees errors, missing files and network requests
+    broken.write_text('<img src="missing.png"><img src="https://example.invalid/x.png">'
+                      '<script>console.error("boom"); undefinedFunction();</script>')
     with Chromium() as browser:
+        load = browser.open(broken)
+        assert any("boom" in e for e in load.errors) and any("undefinedFunction" in e for e in load.errors)
+        assert any("missing.png" in e for e in load.errors)
+        assert load.external_requests == ["https://example.invalid/x.png"]
         for page in _pages(out):
             load = browser.open(page)
             assert load.errors == [], f"{page.name}: {load.errors}"
@@ -127,7 +134,8 @@ def test_pages_render_in_chromium_without_errors(site):
                                   "return i.decode().then(() => i.naturalWidth); }))")
         assert len(widths) == 8 and min(widths) > 0
         # clicking a header sorts its table: test metric column of the first leaderboard, then reversed
-        column = "Array.from(document.querySelector('table.leaderboard').tBodies[0].rows).map(r => r.cells[4].dataset.v)"
+        rows = "document.querySelector('table.leaderboard').tBodies[0].rows"
+        column = f"Array.from({rows}).map(r => r.cells[4].dataset.v)"
         browser.evaluate("document.querySelector('table.leaderboard thead th:nth-child(5)').click()")
         ascending = browser.evaluate(column)
         numbers = [float(v) for v in ascending if v]
