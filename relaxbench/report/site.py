@@ -4,7 +4,7 @@ Built from ``leaderboard.csv`` and ``aggregates.csv`` (written by ``relaxbench c
 pages and learning curves, each run's ``record.json`` and ``history.csv``. Jinja2 renders with autoescaping
 on, so every string from a config or a record reaches the page HTML-escaped; the CSS and the small sorting
 script are the package's own files, inlined, so the site opens from the file system with no network. The
-site is built in a staging folder inside the output folder and moved into place, ``index.html`` last.
+site is built in a staging folder inside the output folder and renamed into place, ``index.html`` last.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from relaxbench.leaderboard import ALPHA, BASELINE, CONFIDENCE, WILCOXON_MIN_PAIRS, read_tables
-from relaxbench.records import RunRecord, atomic_write_text, read_record
+from relaxbench.records import RunRecord, read_record
 from relaxbench.report import figures
 
 __all__ = ["build_report"]
@@ -55,7 +55,7 @@ def fmt_num(value: Any, digits: int = 4) -> str:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, (int,)) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e6):
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e6):
         return f"{int(value)}"
     if isinstance(value, float) and math.isinf(value):
         return "∞" if value > 0 else "−∞"
@@ -226,15 +226,16 @@ def build_report(results_dir: str | Path, out_dir: str | Path, config: Mapping[s
         env = _environment()
         generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
         pages = {}
+        (stage / "runs").mkdir()
         for row in board.to_dict("records"):
             if row["run_dir"] not in records:
                 continue
             page = f"runs/{slug(row['task'], row['model'], row['method'], 'seed' + str(row['seed']))}.html"
             pages[row["run_dir"]] = page
             context = _run_context(_nan_to_none(row), records[row["run_dir"]], histories[row["run_dir"]])
-            atomic_write_text(stage / page, env.get_template("run.html").render(
+            (stage / page).write_text(env.get_template("run.html").render(
                 **context, root="../", generated=generated, title=f"{row['task']} / {row['model']} / "
-                f"{row['method']} / seed {row['seed']}"))
+                f"{row['method']} / seed {row['seed']}"), encoding="utf-8")
         counts = board["status"].value_counts().to_dict()
         index = env.get_template("index.html").render(
             root="", generated=generated, config=config or {}, title=f"relaxbench report: "
@@ -244,7 +245,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, config: Mapping[s
             sections=_task_sections(board, agg, histories, pages, stage),
             provenance=_provenance(board), methods=_methods_used(records),
         )
-        atomic_write_text(stage / "index.html", index)
+        (stage / "index.html").write_text(index, encoding="utf-8")
         _publish(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

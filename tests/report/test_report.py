@@ -40,14 +40,14 @@ def _pages(out: Path) -> list[Path]:
 
 def test_collect_writes_the_tables(site):
     results, _ = site
-    board = (results / "leaderboard.csv").read_text().splitlines()
+    board = (results / "leaderboard.csv").read_text("utf-8").splitlines()
     assert len(board) == 1 + 18  # header + every run, failed and diverged included
     assert (results / "aggregates.csv").is_file()
 
 
 def test_every_run_has_a_page_linked_from_the_overview(site):
     results, out = site
-    index = (out / "index.html").read_text()
+    index = (out / "index.html").read_text("utf-8")
     records = sorted(results.glob("runs/*/*/*/seed*/record.json"))
     pages = sorted((out / "runs").glob("*.html"))
     assert len(records) == len(pages) == 18
@@ -56,20 +56,20 @@ def test_every_run_has_a_page_linked_from_the_overview(site):
     assert len(re.findall(r'<tr class="status-row-', index)) == 18
     assert len(list((out / "figures").glob("*.png"))) == 8  # 4 per task
     for page in _pages(out):  # every local link and image exists
-        for target in re.findall(r'(?:href|src)="([^"#]+)', page.read_text()):
+        for target in re.findall(r'(?:href|src)="([^"#]+)', page.read_text("utf-8")):
             assert not re.match(r"[a-z]+:", target), f"{page.name}: non-relative link {target}"
             assert (page.parent / target).is_file(), f"{page.name}: broken link {target}"
 
 
 def test_failed_and_diverged_runs_are_marked_with_their_reason(site):
     _, out = site
-    index = (out / "index.html").read_text()
+    index = (out / "index.html").read_text("utf-8")
     assert '<span class="badge status-diverged"' in index and '<span class="badge status-failed"' in index
     assert "Runs left out of the statistics (2)" in index
     assert "non-finite training loss (nan) at epoch 3, step 2" in index
     assert escape(f"RuntimeError: {SCRIPT}") in index
     assert "2/3" in index  # n_ok / n_total of an entry with a run left out
-    diverged = (out / "runs" / "tetris--tfn--relaxed--seed2.html").read_text()
+    diverged = (out / "runs" / "tetris--tfn--relaxed--seed2.html").read_text("utf-8")
     assert "status-diverged" in diverged and "(at epoch 3)" in diverged
     # best and tied entries are marked (tetris: tfn/relaxed best, tfn/equivariant tied)
     assert index.count('<tr class="best') == 2 and '<tr class="tied' in index
@@ -78,11 +78,11 @@ def test_failed_and_diverged_runs_are_marked_with_their_reason(site):
 def test_strings_from_configs_and_records_are_escaped(site):
     _, out = site
     for page in _pages(out):
-        text = page.read_text()
+        text = page.read_text("utf-8")
         assert "<script>alert" not in text, page.name
         assert text.count("<script>") == 1, page.name  # only the report's own sorting script
-    assert escape(f"synthetic records {SCRIPT}") in (out / "index.html").read_text()  # description and reason
-    run_page = (out / "runs" / "tetris--tfn--equivariant--seed0.html").read_text()
+    assert escape(f"synthetic records {SCRIPT}") in (out / "index.html").read_text("utf-8")  # description and reason
+    run_page = (out / "runs" / "tetris--tfn--equivariant--seed0.html").read_text("utf-8")
     assert "&lt;script&gt;alert(" in run_page  # the run config's note
 
 
@@ -96,7 +96,7 @@ def test_report_needs_collect_and_shows_missing_runs(tmp_path, capsys):
     assert "6 missing" in capsys.readouterr().out
     assert main(["report", "--config", str(config), "--results", str(tmp_path / "r"),
                  "--reports", str(tmp_path / "out")]) == 0
-    index = (tmp_path / "out" / "empty" / "index.html").read_text()
+    index = (tmp_path / "out" / "empty" / "index.html").read_text("utf-8")
     assert index.count('<span class="badge status-missing"') >= 6 and "0/3" in index
     assert not (tmp_path / "out" / "empty" / "figures").exists()
 
