@@ -21,7 +21,7 @@ from relaxbench.leaderboard import (
     welch_p,
     write_tables,
 )
-from report.synthetic import CONFIG_NAME, write_run, write_standard_runs
+from tests.report.synthetic import CONFIG_NAME, write_run, write_standard_runs
 
 # Student's t quantile t_{0.975, 2} in closed form: F(q) = 1/2 + q / (2 sqrt(2 + q^2)) = 0.975.
 T975_DF2 = math.sqrt(2 * 0.95**2 / (1 - 0.95**2))

@@ -12,8 +12,8 @@ from markupsafe import escape
 
 from relaxbench.cli import main
 from relaxbench.report.site import fmt_num, fmt_p, slug, sort_key
-from report.browser import CHROMIUM, Chromium
-from report.synthetic import CONFIG_NAME, SCRIPT, write_standard_runs
+from tests.report.browser import CHROMIUM, Chromium
+from tests.report.synthetic import CONFIG_NAME, SCRIPT, write_standard_runs
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
