@@ -89,7 +89,11 @@ def rotate_copies(
     source = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     source = source.repeat_interleave(copies, dim=0)
     angles = torch.rand(source.shape[0], generator=generator, dtype=torch.float64) * (2 * math.pi)
-    rotated = rotate(source.double(), angles).float().clamp_(0.0, 1.0)
+    chunk = 8192  # bounds the float64 working memory for the 60k-image datasets
+    rotated = torch.cat([
+        rotate(source[i : i + chunk].double(), angles[i : i + chunk]).float().clamp_(0.0, 1.0)
+        for i in range(0, max(len(source), 1), chunk)
+    ])
     return rotated.numpy(), np.repeat(labels.astype(np.int64), copies)
 
 
