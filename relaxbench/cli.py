@@ -71,12 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolved = resolve_run(cfg, run)
     run_dir = Path(args.out) if args.out else run.path(cfg["name"], args.results)
     data_dir = Path(args.data_dir) if args.data_dir else data_dir_for(cfg, args.task, args.results)
-    if args.resume:
-        resolved["training"]["resume"] = True
     torch.set_num_threads(args.threads or cfg["threads"])
     from relaxbench.train import train_run
 
-    record = train_run(resolved, run_dir, data_dir, quiet=args.quiet)
+    record = train_run(resolved, run_dir, data_dir, quiet=args.quiet, resume=args.resume)
     value = record.test.get(record.metric)
     print(f"{run_dir}: {record.status}" + (f", test {record.metric} = {value:.6g}" if value is not None else "")
           + (f" ({record.reason})" if record.reason else ""))

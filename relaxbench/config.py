@@ -194,6 +194,11 @@ def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     }
 
 
+EXECUTION_ONLY = ("resume", "checkpoint_every")
+
+
 def run_hash(resolved: Mapping[str, Any]) -> str:
-    """Hash of a resolved run without its seed (runs that differ only by seed share it)."""
-    return _digest({k: v for k, v in resolved.items() if k != "seed"})
+    """Hash of what a run's results depend on: its resolved settings without the seed (runs that differ only by
+    seed share it) and without execution details that do not change results (checkpointing, resuming)."""
+    training = {k: v for k, v in resolved["training"].items() if k not in EXECUTION_ONLY}
+    return _digest({**{k: v for k, v in resolved.items() if k != "seed"}, "training": training})

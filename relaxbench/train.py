@@ -38,7 +38,7 @@ from relaxbench.relax import free_parameters, relaxation_penalty, set_theta
 from relaxbench.symmetry import model_equivariance_error
 from relaxbench.tasks.base import Split, Task
 
-__all__ = ["Diverged", "build_model", "evaluate", "select_device", "train_run"]
+__all__ = ["Diverged", "build_model", "evaluate", "regulariser", "select_device", "train_run"]
 
 log = logging.getLogger("relaxbench.train")
 
@@ -153,6 +153,18 @@ def _save_torch(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def regulariser(model: nn.Module, method: Method, theta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The method's penalty for the last forward pass: ``lambda_lie * lie + lambda_norm * norm`` (times theta
+    for the ``lie_times_theta`` variant) plus ``free_l2 * ||free params||^2``; also the raw terms for logging."""
+    pen = relaxation_penalty(model, lie=method.lambda_lie > 0, norm=method.lambda_norm > 0, eps=method.eps)
+    reg = method.lambda_lie * pen["lie"] + method.lambda_norm * pen["norm"]
+    if method.lie_times_theta:
+        reg = reg * theta
+    if method.free_l2 > 0:
+        reg = reg + method.free_l2 * sum(p.pow(2).sum() for p in free_parameters(model))
+    return reg, {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
+
+
 class _Trainer:
     """State of one training run (kept in one place so that checkpoints capture all of it)."""
 
@@ -201,16 +213,6 @@ class _Trainer:
         self.resumed = True
 
     # --- training ---------------------------------------------------------------------------------
-    def regulariser(self, theta: float) -> tuple[torch.Tensor, dict[str, float]]:
-        m = self.method
-        pen = relaxation_penalty(self.model, lie=m.lambda_lie > 0, norm=m.lambda_norm > 0, eps=m.eps)
-        reg = m.lambda_lie * pen["lie"] + m.lambda_norm * pen["norm"]
-        if m.lie_times_theta:
-            reg = reg * theta
-        if m.free_l2 > 0:
-            reg = reg + m.free_l2 * sum(p.pow(2).sum() for p in free_parameters(self.model))
-        return torch.as_tensor(reg, device=self.device), {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
-
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         theta = self.schedule(epoch)
         lr = lr_at(epoch, self.cfg)
@@ -228,7 +230,7 @@ class _Trainer:
             ts = time.perf_counter()
             pred = self.task.predict(self.model, batch)
             task_loss = self.task.loss(pred, batch)
-            reg, terms = self.regulariser(theta)
+            reg, terms = regulariser(self.model, self.method, theta)
             loss = task_loss + reg
             if not torch.isfinite(loss):
                 raise Diverged(epoch, step, float(loss))
@@ -259,7 +261,7 @@ class _Trainer:
             self.best = (score, epoch, state, theta)
         return val
 
-    def fit(self, run_dir: Path) -> None:
+    def fit(self, run_dir: Path, config_hash: str) -> None:
         epochs = self.cfg["epochs"]
         every = self.cfg["checkpoint_every"]
         bar = tqdm(range(self.start_epoch, epochs), desc="epochs", disable=self.quiet or not sys.stderr.isatty())
@@ -272,7 +274,7 @@ class _Trainer:
                      self.task.primary.name, val[self.task.primary.name])
             bar.set_postfix(loss=f"{row['loss']:.4g}", val=f"{val[self.task.primary.name]:.4g}")
             if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-                _save_torch(run_dir / "checkpoint.pt", self.checkpoint_state(epoch + 1))
+                _save_torch(run_dir / "checkpoint.pt", {**self.checkpoint_state(epoch + 1), "config_hash": config_hash})
 
 
 def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRecord:
@@ -289,8 +291,14 @@ def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRec
     )
 
 
-def train_run(resolved: Mapping[str, Any], run_dir: str | Path, data_dir: str | Path, quiet: bool = True) -> RunRecord:
+def train_run(
+    resolved: Mapping[str, Any], run_dir: str | Path, data_dir: str | Path, quiet: bool = True, resume: bool = False
+) -> RunRecord:
     """Train one run and write its directory; returns the record (status ``ok``, ``diverged`` or ``failed``).
+
+    ``resume`` (or ``training.resume``) continues from ``run_dir/checkpoint.pt`` when one exists; checkpoints
+    are written every ``training.checkpoint_every`` epochs and hold the full training state (weights, optimiser,
+    history, best state, random streams), so a resumed run reproduces the uninterrupted one.
 
     Configuration errors (unknown names, bad parameters, missing data) raise before anything is written;
     errors during training are recorded as ``failed`` with the reason.
@@ -318,12 +326,16 @@ def train_run(resolved: Mapping[str, Any], run_dir: str | Path, data_dir: str | 
     record.equiv_init_exact, record.equiv_init_approx = init_err.exact, init_err.approx
 
     checkpoint = run_dir / "checkpoint.pt"
-    if trainer.cfg["resume"] and checkpoint.exists():
-        trainer.restore(torch.load(checkpoint, map_location=device, weights_only=True))
-        log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch)
+    if (resume or trainer.cfg["resume"]) and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("config_hash") == record.config_hash:
+            trainer.restore(state)
+            log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch)
+        else:
+            log.warning("ignoring %s: it belongs to another configuration of this run", checkpoint)
     record.resumed = trainer.resumed
     try:
-        trainer.fit(run_dir)
+        trainer.fit(run_dir, record.config_hash)
     except Diverged as err:
         record.status, record.reason, record.diverged_epoch = "diverged", str(err), err.epoch
     except (RuntimeError, ValueError) as err:

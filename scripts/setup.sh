@@ -3,8 +3,9 @@
 #
 # The venv lives outside the checkout, keyed by the hash of requirements.lock, so every clone of the same
 # lock file reuses one 5.8 GB environment: RELAXBENCH_VENV_ROOT (default ~/.cache/relaxbench).
-# System packages: gfortran (py3nj, needed by escnn) and chromium (report browser test) are installed with
-# apt-get when it is available and we are root; otherwise we say what is missing.
+# System packages: gfortran (py3nj, needed by escnn), chromium (the report's browser test) and
+# dataset-fashion-mnist (the rotfmnist task's IDX files) are installed with apt-get when it is available and we
+# are root; otherwise we say what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 lock="$here/requirements.lock"
@@ -16,13 +17,15 @@ PY=${PYTHON:-python3}
 need_apt=()
 command -v gfortran >/dev/null 2>&1 || need_apt+=(gfortran)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing system packages: ${need_apt[*]}" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >&2
   else
     echo "setup: missing system packages: ${need_apt[*]} (install them with your package manager;" >&2
-    echo "       gfortran is required to build py3nj for escnn, chromium only for the browser test)" >&2
+    echo "       gfortran is required to build py3nj for escnn; chromium only for the browser test;" >&2
+    echo "       dataset-fashion-mnist only for the rotfmnist task)" >&2
   fi
 fi
 

@@ -1,0 +1,103 @@
+"""The Lie-derivative penalty: zero exactly for equivariant maps, positive otherwise.
+
+The published code laid the generator outputs out generator-major ([A_x x, A_y x, A_z x]) but split them
+component-major; ``published_layout_ld`` reproduces that mistake so we can show the zero test would fail on it.
+"""
+
+import pytest
+import torch
+from e3nn import o3
+
+from relaxbench.models._e3nn import irreps_generators
+from relaxbench.relax.lie import lie_derivative_sq, make_finite_action, make_lie_action
+
+F64 = torch.float64
+TOL = 1e-10
+
+
+def so3_vector_generators() -> torch.Tensor:
+    return irreps_generators(o3.Irreps("1o"))
+
+
+def vn_generators(channels: int) -> torch.Tensor:
+    """so(3) on a channel-major flattened (C, xyz) vector: kron(I_C, L_a)."""
+    gens = so3_vector_generators()
+    return torch.stack([torch.kron(torch.eye(channels, dtype=F64), g) for g in gens])
+
+
+def published_layout_ld(weight: torch.Tensor, x: torch.Tensor, gen_in, gen_out) -> torch.Tensor:
+    """The published reshape bug: generator-major outputs split as if component-major."""
+    w = lambda v: v @ weight.t()  # noqa: E731
+    gx = torch.cat([x @ g.t() for g in gen_in], dim=-1)  # [B, G*d_in], generator-major
+    wgx = torch.stack([w(c) for c in gx.reshape(x.shape[0], x.shape[1], len(gen_in)).unbind(-1)])
+    wx = w(x)
+    gwx = torch.stack([wx @ g.t() for g in gen_out])
+    return (wgx - gwx).pow(2).sum() / x.shape[0]
+
+
+def block_scalar_map(irreps_in: o3.Irreps, irreps_out: o3.Irreps, gen: torch.Generator) -> torch.Tensor:
+    """A random equivariant dense map between irreps: one scalar weight per (in copy, out copy) of equal l."""
+    lin = o3.Linear(irreps_in, irreps_out).to(F64)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, dtype=F64))
+    return lin(torch.eye(irreps_in.dim, dtype=F64)).t()  # [d_out, d_in]
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out", [
+    ("4x0e + 3x1o", "2x0e + 5x1o"),
+    ("2x0e + 2x1o + 2x2e", "3x0e + 1x1o + 2x2e"),
+    ("1x1o + 1x1e + 2x2o", "2x1o + 1x2o + 1x3e"),
+])
+def test_zero_for_equivariant_irreps_maps_positive_for_random(irreps_in, irreps_out):
+    gen = torch.Generator().manual_seed(0)
+    irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+    action = make_lie_action(irreps_generators(irreps_in), irreps_generators(irreps_out))
+    x = torch.randn(16, irreps_in.dim, generator=gen, dtype=F64)
+    w_eq = block_scalar_map(irreps_in, irreps_out, gen)
+    assert lie_derivative_sq(lambda v: v @ w_eq.t(), x, action) < TOL
+    w_rand = torch.randn(irreps_out.dim, irreps_in.dim, generator=gen, dtype=F64)
+    assert lie_derivative_sq(lambda v: v @ w_rand.t(), x, action) > 1e-2
+
+
+def test_zero_for_vector_neuron_maps_and_the_published_reshape_fails_that_test():
+    gen = torch.Generator().manual_seed(1)
+    c_in, c_out = 4, 3
+    m = torch.randn(c_out, c_in, generator=gen, dtype=F64)
+    w_eq = torch.kron(m, torch.eye(3, dtype=F64))  # an equivariant VN linear map on (C, xyz) flattened vectors
+    gin, gout = vn_generators(c_in), vn_generators(c_out)
+    x = torch.randn(32, 3 * c_in, generator=gen, dtype=F64)
+    ours = lie_derivative_sq(lambda v: v @ w_eq.t(), x, make_lie_action(gin, gout))
+    assert ours < TOL
+    assert published_layout_ld(w_eq, x, gin, gout) > 1e-2  # the published layout penalises it
+    w_rand = torch.randn(3 * c_out, 3 * c_in, generator=gen, dtype=F64)
+    assert lie_derivative_sq(lambda v: v @ w_rand.t(), x, make_lie_action(gin, gout)) > 1e-2
+
+
+def test_generators_act_on_the_chosen_axis():
+    """VN features [B, C, 3, N]: generators on axis 2 commute with a channel mixing map."""
+    gen = torch.Generator().manual_seed(2)
+    gens = so3_vector_generators()
+    action = make_lie_action(gens, gens, dim_in=2, dim_out=2)
+    m = torch.randn(5, 4, generator=gen, dtype=F64)
+    x = torch.randn(2, 4, 3, 7, generator=gen, dtype=F64)
+    assert lie_derivative_sq(lambda v: torch.einsum("oc,bcxn->boxn", m, v), x, action) < TOL
+    bad = torch.randn(5, 4, 3, 3, generator=gen, dtype=F64)
+    assert lie_derivative_sq(lambda v: torch.einsum("ocyx,bcxn->boyn", bad, v), x, action) > 1e-2
+
+
+def test_finite_generators_for_a_discrete_group():
+    """C_4 on a 4-cycle of features: circulant maps commute with the shift, others do not."""
+    gen = torch.Generator().manual_seed(3)
+    shift = lambda v: torch.roll(v, 1, dims=-1).unsqueeze(0)  # noqa: E731
+    action = make_finite_action(shift, shift)
+    c = torch.randn(4, generator=gen, dtype=F64)
+    circulant = torch.stack([torch.roll(c, k) for k in range(4)])
+    x = torch.randn(8, 4, generator=gen, dtype=F64)
+    assert lie_derivative_sq(lambda v: v @ circulant.t(), x, action) < TOL
+    dense = torch.randn(4, 4, generator=gen, dtype=F64)
+    assert lie_derivative_sq(lambda v: v @ dense.t(), x, action) > 1e-2
+
+
+def test_mismatched_generator_counts_are_rejected():
+    with pytest.raises(ValueError, match="generators"):
+        make_lie_action(torch.zeros(3, 2, 2), torch.zeros(2, 2, 2))

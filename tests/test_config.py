@@ -1,0 +1,71 @@
+"""Config validation: bad input names the key and the choices."""
+
+import copy
+
+import pytest
+import yaml
+
+from relaxbench.config import ConfigError, RunSpec, expand_runs, load_config, resolve_run, run_hash, validate_config
+
+
+def test_valid_config_fills_defaults(tiny_config):
+    cfg = validate_config(tiny_config)
+    assert cfg["threads"] == 1 and cfg["models"]["tfn"]["arch"] == "tfn"
+    runs = expand_runs(cfg)
+    assert runs == [RunSpec("tetris", "tfn", "equivariant", 0), RunSpec("tetris", "tfn", "relaxed", 0)]
+    resolved = resolve_run(cfg, runs[1])
+    assert resolved["training"]["epochs"] == 2 and resolved["training"]["lr"] == 0.001
+    assert resolved["method_params"]["schedule"] == "triangle"
+
+
+def test_model_training_overrides_and_hash_changes_only_for_that_model(tiny_config):
+    tiny_config["models"]["other"] = {"arch": "tfn", "tasks": ["tetris"]}
+    base = validate_config(tiny_config)
+    changed = copy.deepcopy(tiny_config)
+    changed["models"]["tfn"]["training"] = {"epochs": 3}
+    changed = validate_config(changed)
+    h = lambda cfg, m: run_hash(resolve_run(cfg, RunSpec("tetris", m, "relaxed", 0)))  # noqa: E731
+    assert h(base, "tfn") != h(changed, "tfn")
+    assert h(base, "other") == h(changed, "other")
+    assert resolve_run(changed, RunSpec("tetris", "tfn", "relaxed", 0))["training"]["epochs"] == 3
+
+
+BAD = [
+    (lambda c: c.update(colour="red"), "unknown key(s) ['colour']; choices"),
+    (lambda c: c["training"].update(epochs="ten"), "training.epochs"),
+    (lambda c: c["training"].update(lr=-1), "training.lr"),
+    (lambda c: c["training"].update(learning_rate=1), "unknown key(s) ['learning_rate']"),
+    (lambda c: c.update(seeds=[0, 0]), "seeds"),
+    (lambda c: c.update(seeds=[-1]), "seeds.0"),
+    (lambda c: c.update(device="tpu"), "device"),
+    (lambda c: c["models"]["tfn"].update(arch="resnet"), "unknown model 'resnet'; choices"),
+    (lambda c: c["models"]["tfn"].update(arch="nowhere.module:build", family="gnn"), "cannot import module"),
+    (lambda c: c["models"]["tfn"].update(arch="relaxbench.models.tfn:nothing", family="gnn"), "no function"),
+    (lambda c: c["models"]["tfn"].update(arch="relaxbench.models.tfn:build"), "needs a 'family'"),
+    (lambda c: c["models"]["tfn"].update(tasks=["imagenet"]), "unknown task 'imagenet'; choices"),
+    (lambda c: c["models"]["tfn"].update(methods=["relaxed_v2"]), "not configured; choices"),
+    (lambda c: c["methods"].update(magic={}), "unknown method 'magic'; choices"),
+    (lambda c: c["methods"].update(relaxed={"lamda": 1}), "methods.relaxed"),
+    (lambda c: c["tasks"].update(mnist3d={}), "unknown task 'mnist3d'"),
+    (lambda c: c.pop("models"), "'models' is a required property"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", BAD)
+def test_bad_configs_are_rejected_naming_the_key(tiny_config, mutate, message):
+    mutate(tiny_config)
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config, "cfg.yaml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("cfg.yaml")
+
+
+def test_load_config_reads_yaml_safely(tmp_path, tiny_config):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    assert load_config(path)["name"] == "unit"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\nmodels: {}\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,77 @@
+"""One run end to end on tetris/TFN: a complete record, determinism, divergence."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from relaxbench.config import RunSpec, resolve_run, validate_config
+from relaxbench.records import read_record
+from relaxbench.train import train_run
+
+METRICS_ONLY = ("train", "val", "test", "gen_gap", "equiv_init_exact", "equiv_final_exact", "best_epoch",
+                "test_metric_unprojected", "params_total", "params_free")
+
+
+def run(cfg, tmp_path, method="relaxed", seed=0, name="run"):
+    cfg = validate_config(cfg)
+    resolved = resolve_run(cfg, RunSpec("tetris", "tfn", method, seed))
+    out = tmp_path / name
+    record = train_run(resolved, out, tmp_path / "data")
+    return record, out
+
+
+def test_relaxed_run_writes_a_complete_record(tiny_config, tmp_path):
+    tiny_config["training"]["epochs"] = 3
+    record, out = run(tiny_config, tmp_path)
+    assert record.status == "ok"
+    on_disk = read_record(out / "record.json")
+    assert on_disk == record
+    assert set(record.test) == {"loss", "error_rate", "accuracy"}
+    assert record.gen_gap == pytest.approx(record.test["loss"] - record.train["loss"])
+    assert record.equiv_final_exact < 1e-9 and record.equiv_init_exact < 1e-9  # projected: exactly equivariant
+    assert record.params_free > 0 and record.params_total == record.params_free + record.params_equivariant
+    assert record.time_per_step_s > 0 and record.wall_time_s > 0 and record.steps == 3
+    assert record.versions["torch"] and record.started_at and record.config_hash
+    assert record.run_config["method_params"]["schedule"] == "triangle"
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["theta"]) == pytest.approx([0.0, 2 / 3, 2 / 3])
+    assert {"lie", "norm", "val_error_rate", "train_seconds"} <= set(history.columns)
+    assert history["lie"].iloc[1] > 0 and history["lie"].iloc[0] == 0
+    assert (out / "model.pt").exists() and not (out / ".partial").exists()
+
+
+def test_same_seed_same_record_and_other_seed_differs(tiny_config, tmp_path):
+    a, _ = run(tiny_config, tmp_path, name="a")
+    b, _ = run(tiny_config, tmp_path, name="b")
+    tiny_config["seeds"] = [1]
+    c, _ = run(tiny_config, tmp_path, seed=1, name="c")
+    assert all(getattr(a, f) == getattr(b, f) for f in METRICS_ONLY)
+    assert a.test != c.test
+
+
+def test_equivariant_and_relaxed_runs_of_one_seed_start_from_the_same_network(tiny_config, tmp_path):
+    tiny_config["training"]["epochs"] = 1  # triangle: theta = 0 in the only epoch, so both train identically
+    eq, _ = run(tiny_config, tmp_path, method="equivariant", name="eq")
+    rel, _ = run(tiny_config, tmp_path, method="relaxed", name="rel")
+    assert eq.test == rel.test
+
+
+def test_diverged_run_is_recorded_not_dropped(tiny_config, tmp_path):
+    tiny_config["training"].update(lr=1e12, epochs=3)
+    record, out = run(tiny_config, tmp_path, method="equivariant")
+    assert record.status == "diverged"
+    assert "non-finite" in record.reason or "never finite" in record.reason
+    assert json.loads((out / "record.json").read_text())["status"] == "diverged"
+    assert not (out / "model.pt").exists()
+    assert record.test == {} and record.gen_gap is None
+
+
+def test_rpp_keeps_its_free_branch_at_evaluation(tiny_config, tmp_path):
+    tiny_config["methods"] = {"rpp": {}}
+    record, _ = run(tiny_config, tmp_path, method="rpp")
+    assert record.status == "ok"
+    assert record.run_config["method_params"]["project"] is False
+    assert record.test_metric_unprojected is None
+    assert math.isfinite(record.test["loss"])
