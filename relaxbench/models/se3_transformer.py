@@ -2,15 +2,16 @@
 
 Input: a batch of point sets ``pos [B, N, 3]`` (one radius graph per example, built with ``torch.cdist``),
 with atom types ``z [B, N]`` (embedded; when the spec names ``max_atomic_number``) or without types.
-Node features are irreps vectors of ``hidden`` (default ``"16x0e + 4x0o + 8x1o + 4x1e + 4x2e"``). Each block:
+Node features are irreps vectors of ``hidden`` (default by task kind, see :data:`DEFAULTS`). Each block:
 
 1. **Attention** (pre-norm, residual). Edge features: spherical harmonics ``Y(r_ij)`` up to ``l_max`` and a
-   smooth radial basis of ``|r_ij|``. One tensor product ``TP(x_j, Y(r_ij); R(|r_ij|))`` with per-edge
-   weights from a radial MLP gives the values (``hidden`` irreps) and keys (``keys`` irreps); queries are
-   ``o3.Linear(x_i)``. The logits are per-head inner products ``<q_i, k_ij> / sqrt(d_head)`` (each head owns
-   whole irreps, so they are invariant); the attention weights are a softmax over neighbours multiplied by a
-   smooth cutoff envelope (so energies stay smooth as atoms cross ``max_radius``); messages are the
-   head-weighted values, projected by ``o3.Linear``.
+   smooth radial basis of ``|r_ij|``. A depthwise tensor product ``TP(x_j, Y(r_ij); R(|r_ij|))`` (Equiformer's
+   ``uvu`` paths, per-edge weights from a radial MLP) gives the values; keys are ``o3.Linear`` of the values
+   and queries ``o3.Linear(x_i)`` (``keys`` irreps). The logits are per-head inner products
+   ``<q_i, k_ij> / sqrt(d_head)`` (each head owns whole irreps, so they are invariant); the attention weights
+   are a softmax over neighbours multiplied by a smooth cutoff envelope (so energies stay smooth as atoms
+   cross ``max_radius``); the head-weighted sum of the values over neighbours is projected back to ``hidden``
+   by ``o3.Linear``.
 2. **Feed-forward** (pre-norm, residual): ``o3.Linear -> Gate -> o3.Linear``. In the relaxed model this
    map is a :class:`~relaxbench.models._free_mlp.RelaxedFreeMLP` (the published Equiformer variant): a free
    MLP of ``[normed features, node attribute, raw centred position]`` is added as ``theta * W(...)``, its last
@@ -25,7 +26,8 @@ Readout by ``spec["kind"]``:
 - ``"molecule"``: per-atom energies from the even scalars (an MLP), summed: energy ``[B]`` (dimensionless;
   the task scales it and derives forces). Invariant under rotations, reflections, translations, permutations.
 - ``"point_classification"``: logits ``[B, num_classes]`` from all scalars (``0e`` and ``0o``), averaged over
-  points: SO(3)-invariant and able to tell mirror images apart.
+  points: SO(3)-invariant and, with odd irreps in ``hidden`` and three or more blocks, able to tell mirror
+  images apart.
 - ``"nbody"``: inputs ``loc, vel [B, N, 3]``, ``charges [B, N, 1]`` (node input ``1x0e + 1x1o``); output
   positions ``loc + o3.Linear(h) [B, N, 3]`` (``1x1o``).
 
@@ -33,8 +35,6 @@ Everything is SE(3)-equivariant (e3nn 0.6's ``1o`` basis is Cartesian ``x, y, z`
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from e3nn import o3
@@ -45,10 +45,18 @@ from torch import Tensor, nn
 from relaxbench.models._e3nn import irreps_generators
 from relaxbench.models._free_mlp import RelaxedFreeMLP
 
-__all__ = ["FAMILY", "EquivariantLayerNorm", "SE3Transformer", "build"]
+__all__ = ["DEFAULTS", "FAMILY", "EquivariantLayerNorm", "SE3Transformer", "build"]
 
 FAMILY = "se3_transformer"
-KINDS = ("molecule", "point_classification", "nbody")
+
+#: Default node irreps and depth per task kind. Molecular energies and N-body positions are O(3)-equivariant,
+#: so even scalars, vectors and l = 2 suffice; telling mirror images apart (tetris' chiral pair) needs odd
+#: scalars ``0o``, which the tensor products first produce in the third block (``1e x 1o -> 0o``).
+DEFAULTS = {
+    "molecule": ("16x0e + 8x1o + 4x2e", 2),
+    "nbody": ("16x0e + 8x1o + 4x2e", 2),
+    "point_classification": ("16x0e + 4x0o + 8x1o + 4x1e + 4x2e", 3),
+}
 
 
 class EquivariantLayerNorm(nn.Module):
@@ -210,8 +218,8 @@ class SE3Transformer(nn.Module):
                  n_radial: int, radial_hidden: int, num_types: int, attr_dim: int, num_classes: int,
                  relaxed: bool, free_hidden: int, lie_mode: str) -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"se3_transformer: unknown task kind {kind!r}; supported: {list(KINDS)}")
+        if kind not in DEFAULTS:
+            raise ValueError(f"se3_transformer: unknown task kind {kind!r}; supported: {sorted(DEFAULTS)}")
         irreps_hidden = o3.Irreps(hidden)
         self.kind, self.max_radius, self.n_radial = kind, max_radius, n_radial
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
@@ -267,18 +275,18 @@ def _slice_index(slices: list[slice]) -> list[int]:
     return [i for sl in slices for i in range(sl.start, sl.stop)]
 
 
-def build(spec: dict, relaxed: bool = False, hidden: str = "16x0e + 4x0o + 8x1o + 4x1e + 4x2e",
-          keys: str = "8x0e + 4x1o", l_max: int = 2, layers: int = 2, heads: int = 2, max_radius: float = 5.0,
-          n_radial: int = 8, radial_hidden: int = 16, attr_dim: int = 8, free_hidden: int = 32,
-          lie_mode: str = "lie") -> SE3Transformer:
+def build(spec: dict, relaxed: bool = False, hidden: str | None = None, keys: str = "8x0e + 4x1o", l_max: int = 2,
+          layers: int | None = None, heads: int = 2, max_radius: float = 5.0, n_radial: int = 8,
+          radial_hidden: int = 16, attr_dim: int = 8, free_hidden: int = 32, lie_mode: str = "lie") -> SE3Transformer:
     """An SE(3)-transformer for a task spec (``kind``; ``max_atomic_number`` for typed atoms,
     ``num_classes`` for classification).
 
     Args:
-        hidden: irreps of the node features (every multiplicity divisible by ``heads``).
+        hidden: irreps of the node features (every multiplicity divisible by ``heads``); default by kind
+            (:data:`DEFAULTS`).
         keys: irreps of queries and keys (multiplicities divisible by ``heads``).
         l_max: largest degree of the edge spherical harmonics.
-        layers, heads: transformer blocks and attention heads.
+        layers, heads: transformer blocks (default by kind) and attention heads.
         max_radius: radius of the graph and of the smooth cutoff (the positions' unit, Angstrom for molecules).
         n_radial, radial_hidden: radial basis size and the radial MLP's width.
         attr_dim: size of the atom-type embedding (the node attribute).
@@ -286,9 +294,14 @@ def build(spec: dict, relaxed: bool = False, hidden: str = "16x0e + 4x0o + 8x1o 
         lie_mode: ``"lie"`` (exact Lie derivative by jvp, default) or ``"finite"`` (published 5-degree
             finite rotations) for the free MLPs' equivariance penalty.
 
-    Paper-like (Equiformer MD17) sizes: ``hidden="128x0e + 64x1o + 32x2e"`` (plus odd irreps for chirality),
-    ``layers=6``, ``heads=4``, ``max_radius=5.0``.
+    The defaults are CPU-scale (about 9k parameters). Paper-like (Equiformer on MD17) sizes:
+    ``hidden="128x0e + 64x1o + 32x2e"``, ``keys="32x0e + 16x1o"``, ``layers=6``, ``heads=4``, ``max_radius=5.0``.
     """
+    kind = spec["kind"]
+    if kind not in DEFAULTS:
+        raise ValueError(f"se3_transformer: unknown task kind {kind!r}; supported: {sorted(DEFAULTS)}")
+    default_hidden, default_layers = DEFAULTS[kind]
     num_types = int(spec["max_atomic_number"]) + 1 if "max_atomic_number" in spec else 0
-    return SE3Transformer(spec["kind"], hidden, keys, l_max, layers, heads, max_radius, n_radial, radial_hidden,
-                          num_types, attr_dim, int(spec.get("num_classes", 0)), relaxed, free_hidden, lie_mode)
+    return SE3Transformer(kind, hidden or default_hidden, keys, l_max, layers or default_layers, heads, max_radius,
+                          n_radial, radial_hidden, num_types, attr_dim, int(spec.get("num_classes", 0)), relaxed,
+                          free_hidden, lie_mode)
