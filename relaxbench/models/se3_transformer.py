@@ -235,15 +235,15 @@ class SE3Transformer(nn.Module):
             for _ in range(layers)
         )
         self.norm_out = EquivariantLayerNorm(irreps_hidden)
-        even = [sl for (mul, ir), sl in zip(irreps_hidden, irreps_hidden.slices()) if ir == o3.Irrep("0e")]
-        scalars = [sl for (mul, ir), sl in zip(irreps_hidden, irreps_hidden.slices()) if ir.l == 0]
+        # Invariant readout features: even scalars for energies (O(3)-invariant), all scalars for classes.
+        parities = (1,) if kind == "molecule" else (1, -1)
+        index = [i for (_, ir), sl in zip(irreps_hidden, irreps_hidden.slices()) if ir.l == 0 and ir.p in parities
+                 for i in range(sl.start, sl.stop)]
+        self.register_buffer("readout_index", torch.tensor(index, dtype=torch.long), persistent=False)
         if kind == "molecule":
-            self.readout_index = _slice_index(even)
-            n_in = len(self.readout_index)
-            self.readout = nn.Sequential(nn.Linear(n_in, n_in), nn.SiLU(), nn.Linear(n_in, 1))
+            self.readout = nn.Sequential(nn.Linear(len(index), len(index)), nn.SiLU(), nn.Linear(len(index), 1))
         elif kind == "point_classification":
-            self.readout_index = _slice_index(scalars)
-            self.readout = nn.Linear(len(self.readout_index), num_classes)
+            self.readout = nn.Linear(len(index), num_classes)
         else:
             self.readout = o3.Linear(irreps_hidden, "1x1o")
 
@@ -264,15 +264,12 @@ class SE3Transformer(nn.Module):
         for block in self.blocks:
             h = block(h, edges, context)
         h = self.norm_out(h)
+        if self.kind == "nbody":
+            return pos + self.readout(h)
+        scalars = h.index_select(-1, self.readout_index)
         if self.kind == "molecule":
-            return self.readout(h[..., self.readout_index]).squeeze(-1).sum(dim=1)
-        if self.kind == "point_classification":
-            return self.readout(h[..., self.readout_index]).mean(dim=1)
-        return pos + self.readout(h)
-
-
-def _slice_index(slices: list[slice]) -> list[int]:
-    return [i for sl in slices for i in range(sl.start, sl.stop)]
+            return self.readout(scalars).squeeze(-1).sum(dim=1)
+        return self.readout(scalars).mean(dim=1)
 
 
 def build(spec: dict, relaxed: bool = False, hidden: str | None = None, keys: str = "8x0e + 4x1o", l_max: int = 2,

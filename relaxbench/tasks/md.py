@@ -127,6 +127,11 @@ class MD(Task):
         from relaxbench.tasks._xtb_md import THEORY, generate_md
 
         p = self.params
+        try:
+            import tblite.ase  # noqa: F401
+        except ImportError as err:
+            raise TaskError(f"md: generating data needs the tblite package ({err}); install it, or set 'path' "
+                            "to an MD17 / rMD17 file") from None
         if p["n_frames"] < 1 or p["n_trajectories"] < 1 or p["stride"] < 1 or p["equilibration_steps"] < 0:
             raise TaskError("md: n_frames, n_trajectories and stride must be >= 1, equilibration_steps >= 0")
         try:

@@ -108,6 +108,14 @@ def test_nbody_positions_are_equivariant():
     assert equivariance_error(broken, batch, elements, act, act_output).exact > 1e-2
 
 
+def test_cartesian_vectors_are_e3nn_1o_vectors():
+    """The free MLP sees the raw centred position; its generators treat it as ``1o``: the bases must agree."""
+    rotation = o3.rand_matrix()
+    torch.testing.assert_close(o3.Irreps("1o").D_from_matrix(rotation), rotation, atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.linalg.matrix_exp(0.3 * irreps_generators("1o")[2]),
+                               o3.matrix_z(torch.tensor(0.3)), atol=1e-12, rtol=0)
+
+
 def test_layer_norm_is_o3_equivariant():
     irreps = o3.Irreps("3x0e + 2x0o + 2x1o + 2x1e + 1x2e")
     norm = EquivariantLayerNorm(irreps)
