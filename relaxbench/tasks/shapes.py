@@ -110,6 +110,8 @@ class Shapes(Task):
                                 f"n_points={p['n_points']} asked")
             if not 0 < p["val_fraction"] < 1:
                 raise TaskError(f"task 'shapes': val_fraction must be in (0, 1), got {p['val_fraction']!r}")
+        if not p["jitter"] >= 0:
+            raise TaskError(f"task 'shapes': jitter must be >= 0, got {p['jitter']!r}")
         for split in SPLITS:
             n = p[f"n_{split}_per_class"]
             if not isinstance(n, int) or n < 1:
@@ -128,7 +130,8 @@ class Shapes(Task):
             write_h5(self.data_dir / f"{split}.h5", data, label)
         self.mark_prepared({
             "examples": {s: int(len(label)) for s, (_, label) in splits.items()},
-            "classes": list(CLASSES) if p["dataset"] == "synthetic" else MODELNET40_CLASSES,
+            "num_classes": self.spec["num_classes"],
+            "class_names": list(CLASSES) if p["dataset"] == "synthetic" else self._modelnet40_names(),
         })
 
     def _modelnet40_root(self) -> Path:
@@ -138,6 +141,11 @@ class Shapes(Task):
             raise TaskError(f"task 'shapes': no ModelNet40 files ply_data_train<k>.h5 and ply_data_test<k>.h5 "
                             f"in {str(root)!r}")
         return root
+
+    def _modelnet40_names(self) -> list[str] | None:
+        """Class names from the distribution's ``shape_names.txt`` (label order), if it is there."""
+        names = self._modelnet40_root() / "shape_names.txt"
+        return names.read_text().split() if names.is_file() else None
 
     def _convert_modelnet40(self, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """First ``n_points`` points, a seeded validation carve-out, one seeded rotation per shape."""

@@ -76,7 +76,7 @@ def test_task_prepares_and_loads_splits(tmp_path):
     assert splits["test"].tensors["label"].dtype == torch.int64
     assert task.spec == {"kind": "point_classification", "n_points": 40, "num_classes": n_classes}
     done = json.loads((tmp_path / "data" / "DONE.json").read_text())
-    assert done["classes"] == list(CLASSES) and task.prepared()
+    assert done["class_names"] == list(CLASSES) and done["num_classes"] == n_classes and task.prepared()
     with h5py.File(tmp_path / "data" / "test.h5") as f:  # ModelNet40's layout
         assert f["data"].shape == (2 * n_classes, 40, 3) and f["label"].shape == (2 * n_classes, 1)
     # train and test clouds differ (one stream), and are rotated
@@ -89,6 +89,7 @@ def test_task_prepares_and_loads_splits(tmp_path):
     ({"dataset": "modelnet40"}, "needs 'path'"),
     ({"n_points": 0}, "n_points"),
     ({"n_val_per_class": 0}, "n_val_per_class"),
+    ({"jitter": -0.1}, "jitter"),
     ({"dataset": "modelnet40", "path": "/x", "n_points": 4096}, "2048 points"),
 ])
 def test_bad_parameters_are_rejected(tmp_path, params, message):
@@ -119,12 +120,14 @@ def _fingerprint(clouds: np.ndarray) -> np.ndarray:
 def test_modelnet40_loader_reads_h5_files(tmp_path):
     root = tmp_path / "raw" / "modelnet40_ply_hdf5_2048"
     raw = _write_modelnet40(root, {"train0": 12, "train1": 8, "test0": 5, "test1": 4})
+    (root / "shape_names.txt").write_text("\n".join(f"class{i}" for i in range(40)) + "\n")
     params = {"dataset": "modelnet40", "path": str(tmp_path / "raw"), "n_points": 16, "val_fraction": 0.25}
     task = Shapes(params, tmp_path / "data")
     task.prepare()
     splits = task.load_splits()
     assert {s: len(v) for s, v in splits.items()} == {"train": 15, "val": 5, "test": 9}
     assert task.spec["num_classes"] == 40
+    assert json.loads((tmp_path / "data" / "DONE.json").read_text())["class_names"][:2] == ["class0", "class1"]
     # every loaded cloud is a rotated copy of the first 16 points of a raw shape, with its label
     raw_train = np.concatenate([raw["train0"][0], raw["train1"][0]])[:, :16]
     raw_labels = np.concatenate([raw["train0"][1], raw["train1"][1]])[:, 0]
