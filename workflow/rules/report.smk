@@ -1,0 +1,69 @@
+"""The leaderboard and the HTML report (cheap, local rules).
+
+Both call the command line with the contract `relaxbench collect --config C --results R` (writes
+`R/<name>/leaderboard.csv`, one row per run) and `relaxbench report --config C --results R --reports P`
+(writes `P/<name>/index.html` and its figures). `runs` is a target for the training grid alone.
+"""
+
+
+rule runs:
+    """Every run's record (data and training stages only)."""
+    input:
+        run_files("record.json"),
+
+
+rule collect:
+    input:
+        records=run_files("record.json"),
+    output:
+        leaderboard=report(
+            "results/{name}/leaderboard.csv",
+            caption="../report/leaderboard.rst",
+            category="Leaderboard",
+        ),
+    params:
+        config=config_path,
+        results=lambda wildcards, output: parent(output.leaderboard, 2),
+    conda:
+        "../envs/relaxbench.yaml"
+    log:
+        "results/{name}/logs/collect.log",
+    benchmark:
+        "results/{name}/benchmarks/collect.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    shell:
+        "python -m relaxbench -v collect --config {params.config:q} --results {params.results:q} > {log:q} 2>&1"
+
+
+rule report:
+    input:
+        leaderboard="results/{name}/leaderboard.csv",
+        records=run_files("record.json"),
+        histories=run_files("history.csv"),
+    output:
+        html=report(
+            directory("reports/{name}"),
+            htmlindex="index.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+    params:
+        config=config_path,
+        results=lambda wildcards, input: parent(input.leaderboard, 2),
+        reports=lambda wildcards, output: parent(output.html),
+    conda:
+        "../envs/relaxbench.yaml"
+    log:
+        "results/{name}/logs/report.log",
+    benchmark:
+        "results/{name}/benchmarks/report.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    shell:
+        "python -m relaxbench -v report --config {params.config:q} --results {params.results:q}"
+        " --reports {params.reports:q} > {log:q} 2>&1"
