@@ -55,6 +55,6 @@ localrules:
 
 rule all:
     """The HTML report of the config (and everything it needs)."""
+    default_target: True
     input:
         f"reports/{NAME}",
-    default_target: True

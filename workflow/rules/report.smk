@@ -13,6 +13,7 @@ rule runs:
 
 
 rule collect:
+    """The leaderboard: one row per run."""
     input:
         records=run_files("record.json"),
     output:
@@ -21,24 +22,25 @@ rule collect:
             caption="../report/leaderboard.rst",
             category="Leaderboard",
         ),
-    params:
-        config=config_path,
-        results=lambda wildcards, output: parent(output.leaderboard, 2),
-    conda:
-        "../envs/relaxbench.yaml"
     log:
         "results/{name}/logs/collect.log",
     benchmark:
         "results/{name}/benchmarks/collect.tsv"
+    conda:
+        "../envs/relaxbench.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=15,
+    params:
+        config=config_path,
+        results=lambda wildcards, output: parent(output.leaderboard, 2),
     shell:
         "python -m relaxbench -v collect --config {params.config:q} --results {params.results:q} > {log:q} 2>&1"
 
 
 rule report:
+    """relaxbench's HTML report, rendered from the leaderboard."""
     input:
         leaderboard="results/{name}/leaderboard.csv",
         records=run_files("record.json"),
@@ -50,20 +52,20 @@ rule report:
             caption="../report/report.rst",
             category="Report",
         ),
-    params:
-        config=config_path,
-        results=lambda wildcards, input: parent(input.leaderboard, 2),
-        reports=lambda wildcards, output: parent(output.html),
-    conda:
-        "../envs/relaxbench.yaml"
     log:
         "results/{name}/logs/report.log",
     benchmark:
         "results/{name}/benchmarks/report.tsv"
+    conda:
+        "../envs/relaxbench.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=15,
+    params:
+        config=config_path,
+        results=lambda wildcards, input: parent(input.leaderboard, 2),
+        reports=lambda wildcards, output: parent(output.html),
     shell:
         "python -m relaxbench -v report --config {params.config:q} --results {params.results:q}"
         " --reports {params.reports:q} > {log:q} 2>&1"

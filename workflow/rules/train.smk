@@ -9,27 +9,28 @@ visible in the leaderboard instead of stopping the workflow.
 
 
 rule train:
+    """Train one run (task x model x method x seed) and write its record."""
     input:
         data=data_done,
     output:
         record="results/{name}/runs/{task}/{model}/{method}/seed{seed}/record.json",
         history="results/{name}/runs/{task}/{model}/{method}/seed{seed}/history.csv",
-    params:
-        config=config_path,
-        config_hash=config_hash,
-        folder=lambda wildcards, output: parent(output.record),
-        data=lambda wildcards, input: parent(input.data),
-    conda:
-        "../envs/relaxbench.yaml"
     log:
         "results/{name}/logs/train/{task}/{model}/{method}/seed{seed}.log",
     benchmark:
         "results/{name}/benchmarks/train/{task}/{model}/{method}/seed{seed}.tsv"
+    conda:
+        "../envs/relaxbench.yaml"
     threads: CFG["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=1 if CFG["device"] == "cuda" else 0,
+    params:
+        config=config_path,
+        config_hash=config_hash,
+        folder=lambda wildcards, output: parent(output.record),
+        data=lambda wildcards, input: parent(input.data),
     shell:
         "python -m relaxbench -v train --config {params.config:q} --task {wildcards.task} --model {wildcards.model}"
         " --method {wildcards.method} --seed {wildcards.seed} --out {params.folder:q}"
