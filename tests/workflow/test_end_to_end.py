@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import pandas as pd
 import pytest
 
@@ -22,5 +24,8 @@ def test_smoke_config_runs_to_the_html_report(tmp_path):
     assert (tmp_path / "reports/smoke/index.html").stat().st_size > 0
     out = snakemake("-n", "--configfile", "configs/smoke.yaml", workdir=tmp_path)
     assert "Nothing to be done" in out.stdout
-    snakemake("--report", str(tmp_path / "report.html"), "--configfile", "configs/smoke.yaml", workdir=tmp_path)
-    assert "The leaderboard of config" in (tmp_path / "report.html").read_text()
+    snakemake("--report", str(tmp_path / "report.zip"), "--configfile", "configs/smoke.yaml", workdir=tmp_path)
+    with zipfile.ZipFile(tmp_path / "report.zip") as archive:
+        names = archive.namelist()
+    for packaged in ("/leaderboard.csv", "/aggregates.csv", "/index.html", "report/report.html"):
+        assert any(name.endswith(packaged) for name in names), packaged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 
 import pytest
 import yaml
@@ -130,14 +131,20 @@ def test_rule_environment_pins_agree_with_the_lock_file():
 
 
 @pytest.mark.slow
-def test_snakemakes_report_packages_both_outputs_with_their_captions(tmp_path):
+def test_snakemakes_report_packages_the_tables_and_the_html_report_with_captions(tmp_path):
     # stand-ins for what `relaxbench collect` and `relaxbench report` write (the real ones: test_end_to_end.py)
     (tmp_path / "results/smoke").mkdir(parents=True)
-    (tmp_path / "results/smoke/leaderboard.csv").write_text("task,model,method,seed,status\ntetris,tfn,relaxed,0,ok\n")
-    (tmp_path / "reports/smoke").mkdir(parents=True)
-    (tmp_path / "reports/smoke/index.html").write_text("<html><body><h1>stand-in</h1></body></html>")
-    snakemake("--report", str(tmp_path / "report.html"), "--configfile", "configs/smoke.yaml", workdir=tmp_path)
-    html = (tmp_path / "report.html").read_text()
-    for caption in ("The leaderboard of config", "own HTML report of config", "relaxbench run of config"):
+    for table in ("leaderboard", "aggregates"):
+        (tmp_path / f"results/smoke/{table}.csv").write_text("task,model,method\ntetris,tfn,relaxed\n")
+    (tmp_path / "reports/smoke/figures").mkdir(parents=True)
+    (tmp_path / "reports/smoke/index.html").write_text('<html><body><img src="figures/a.svg"></body></html>')
+    (tmp_path / "reports/smoke/figures/a.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    snakemake("--report", str(tmp_path / "report.zip"), "--configfile", "configs/smoke.yaml", workdir=tmp_path)
+    with zipfile.ZipFile(tmp_path / "report.zip") as archive:
+        names = archive.namelist()
+        html = archive.read("report/report.html").decode()
+    for packaged in ("/leaderboard.csv", "/aggregates.csv", "/index.html", "/figures/a.svg"):
+        assert any(name.endswith(packaged) for name in names), packaged
+    for caption in ("The leaderboard of config", "aggregates of config", "own HTML report of config",
+                    "relaxbench run of config"):
         assert caption in html
-    assert "leaderboard.csv" in html and "index.html" in html

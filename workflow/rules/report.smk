@@ -1,8 +1,10 @@
 """The leaderboard and the HTML report (cheap, local rules).
 
 Both call the command line with the contract `relaxbench collect --config C --results R` (writes
-`R/<name>/leaderboard.csv`, one row per run) and `relaxbench report --config C --results R --reports P`
-(writes `P/<name>/index.html` and its figures). `runs` is a target for the training grid alone.
+`R/<name>/leaderboard.csv`, one row per run, and `R/<name>/aggregates.csv`) and
+`relaxbench report --config C --results R --reports P` (writes `P/<name>/index.html` and its figures and
+run pages, from the two tables and the runs' records and histories). `runs` is a target for the training
+grid alone.
 """
 
 
@@ -13,13 +15,18 @@ rule runs:
 
 
 rule collect:
-    """The leaderboard: one row per run."""
+    """The leaderboard (one row per run) and its aggregates."""
     input:
         records=run_files("record.json"),
     output:
         leaderboard=report(
             "results/{name}/leaderboard.csv",
             caption="../report/leaderboard.rst",
+            category="Leaderboard",
+        ),
+        aggregates=report(
+            "results/{name}/aggregates.csv",
+            caption="../report/aggregates.rst",
             category="Leaderboard",
         ),
     log:
@@ -43,6 +50,7 @@ rule report:
     """relaxbench's HTML report, rendered from the leaderboard."""
     input:
         leaderboard="results/{name}/leaderboard.csv",
+        aggregates="results/{name}/aggregates.csv",
         records=run_files("record.json"),
         histories=run_files("history.csv"),
     output:
