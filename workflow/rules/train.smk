@@ -4,7 +4,9 @@
 `resolve_run`): Snakemake's params trigger reruns a run exactly when its own settings change, so editing
 one model's entry reruns that model's runs and nothing else. `record.json` is written last, atomically; a
 diverged or failed run still writes its record (status `diverged` / `failed`) and exits 0, so it stays
-visible in the leaderboard instead of stopping the workflow.
+visible in the leaderboard instead of stopping the workflow. `--resume` continues a killed job from its last
+checkpoint when the config asks for checkpoints (`training.checkpoint_every`) and the checkpoint belongs to
+the same settings; otherwise the run starts over.
 """
 
 
@@ -34,4 +36,4 @@ rule train:
     shell:
         "python -m relaxbench -v train --config {params.config:q} --task {wildcards.task} --model {wildcards.model}"
         " --method {wildcards.method} --seed {wildcards.seed} --out {params.folder:q}"
-        " --data-dir {params.data:q} --threads {threads} --quiet > {log:q} 2>&1"
+        " --data-dir {params.data:q} --threads {threads} --resume --quiet > {log:q} 2>&1"
