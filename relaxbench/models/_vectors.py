@@ -44,11 +44,11 @@ class VectorMix(nn.Module):
         self.n_channels = len(coefficients)
         self.register_buffer("fixed", torch.where(mask, torch.zeros_like(coeffs), coeffs))
         self.register_buffer("learned_index", mask.nonzero().flatten())
-        self.weight = nn.Parameter(coeffs[mask].clone())
+        self.weight = nn.Parameter(coeffs[mask].clone()) if mask.any() else None
 
     def coefficients(self) -> Tensor:
         """``a [C]``."""
-        return self.fixed.index_add(0, self.learned_index, self.weight)
+        return self.fixed if self.weight is None else self.fixed.index_add(0, self.learned_index, self.weight)
 
     def matrix(self) -> Tensor:
         """The dense ``[3C, 3]`` matrix ``kron(a, I_3)`` of the map (acting on row vectors)."""

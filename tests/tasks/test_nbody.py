@@ -35,6 +35,14 @@ def test_generator_reproduces_the_reference_trajectories(reference):
     np.testing.assert_allclose(speeds, 0.5, rtol=1e-14)
 
 
+def test_initial_positions_are_reflected_into_the_box():
+    loc = np.array([[[6.0, -7.5, 1.0]]]).transpose(0, 2, 1)  # [1, 3, 1]: x over, y under, z inside
+    vel = np.array([[[0.3, -0.2, 0.1]]]).transpose(0, 2, 1)
+    sim._reflect_into_box(loc, vel)
+    np.testing.assert_array_equal(loc[0, :, 0], [4.0, -2.5, 1.0])
+    np.testing.assert_array_equal(vel[0, :, 0], [-0.3, 0.2, 0.1])
+
+
 def direct_integration(loc, vel, q, n_steps):
     """One trajectory, one particle pair at a time: ``loc, vel [3, N]``, ``q [N]``; returns the states after
     each ``SAMPLE_FREQ`` steps."""
