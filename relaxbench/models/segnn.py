@@ -6,9 +6,10 @@ xyz order):
 
 - node input ``2x1o + 1x0e``: position centred on the particles' mean, velocity, speed ``|v|``. (The published
   code averages over x, y, z instead of over particles, which breaks translation equivariance; METHOD.md 4.7.)
-- edge attribute ``a_ij = Y(x_i - x_j)``, spherical harmonics up to ``l_max`` (``component`` normalisation);
-  node attribute ``a_i = mean_j Y(x_i - x_j) + Y(v_i)``; extra message scalars ``2x0e``: ``|x_i - x_j|`` and
-  ``q_i q_j``.
+- edge attribute ``a_ij = Y(x_i - x_j)``, spherical harmonics up to ``l_max`` (``component`` normalisation, so
+  each component is O(1)); node attribute ``a_i = (mean_j Y(x_i - x_j) + Y(v_i)) / 2`` (SEGNN sums the two; the
+  half keeps the attribute at the scale e3nn's tensor-product normalisation assumes, otherwise every layer
+  multiplies the feature scale by about 2-4); extra message scalars ``2x0e``: ``|x_i - x_j|`` and ``q_i q_j``.
 - hidden features: ``n x (0e + 1o + 2e + ...)`` up to ``l_max``, with ``n`` chosen so that a steerable linear
   layer has as many weights as a ``hidden x hidden`` scalar one (SEGNN's weight balancing: 32 copies for
   ``hidden = 64``, ``l_max = 1``).
@@ -45,7 +46,7 @@ MESSAGE_EXTRA_IRREPS = o3.Irreps("2x0e")
 OUTPUT_IRREPS = o3.Irreps("1x1o")
 
 
-def _tp_paths(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irreps) -> int:
+def _tp_weight_count(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irreps) -> int:
     """Number of weights of a fully connected tensor product ``irreps1 x irreps2 -> irreps_out``."""
     return sum(m1 * m2 * m3 for m1, ir1 in irreps1 for m2, ir2 in irreps2 for m3, ir3 in irreps_out
                if ir3 in ir1 * ir2)
@@ -54,7 +55,7 @@ def _tp_paths(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irreps) -> 
 def balanced_hidden_irreps(hidden: int, l_max: int) -> o3.Irreps:
     """``n x (0e + 1o + ... + l_max)`` whose steerable layer ``TP(h, Y) -> h`` has at least ``hidden^2`` weights."""
     unit = o3.Irreps.spherical_harmonics(l_max)
-    n = math.ceil(hidden / math.sqrt(_tp_paths(unit, unit, unit)))
+    n = math.ceil(hidden / math.sqrt(_tp_weight_count(unit, unit, unit)))
     return (unit * n).sort().irreps.simplify()
 
 
@@ -120,8 +121,9 @@ class SteerableLinear(nn.Module):
     def __init__(self, irreps_in, irreps_attr, irreps_out, gated: bool, relaxed: bool = False,
                  free_init_std: float = 1e-4) -> None:
         super().__init__()
-        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
-        self.gate = SwishGate(self.irreps_out) if gated else None
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.gate = SwishGate(irreps_out) if gated else None
+        self.irreps_out = o3.Irreps(irreps_out) if self.gate is None else self.gate.irreps_out  # scalars first
         pre_gate = self.irreps_out if self.gate is None else self.gate.irreps_in
         self.linear = relaxed_conditioned(
             relaxed, _TensorProductBias(self.irreps_in, o3.Irreps(irreps_attr), pre_gate), self.irreps_in, pre_gate,
@@ -177,8 +179,8 @@ class SEGNN(nn.Module):
         b, n, _ = x.shape
         rel = x[:, self.receivers] - x[:, self.senders]  # [B, E, 3]
         edge_attr = o3.spherical_harmonics(self.irreps_attr, rel, normalize=True, normalization="component")
-        node_attr = edge_attr.view(b, n, n - 1, -1).mean(2) + o3.spherical_harmonics(
-            self.irreps_attr, v, normalize=True, normalization="component")
+        node_attr = 0.5 * (edge_attr.view(b, n, n - 1, -1).mean(2) + o3.spherical_harmonics(
+            self.irreps_attr, v, normalize=True, normalization="component"))
         extra = torch.cat([rel.norm(dim=-1, keepdim=True), q[:, self.receivers] * q[:, self.senders]], dim=-1)
         features = torch.cat([x - x.mean(dim=1, keepdim=True), v, v.norm(dim=-1, keepdim=True)], dim=-1)
         h = self.embed(features, node_attr)

@@ -75,3 +75,10 @@ def test_swish_gate_is_equivariant():
 
 def test_segnn_tiny_training_run(tmp_path):
     checks.check_tiny_training_run("segnn", SMALL, tmp_path)
+
+
+def test_segnn_feature_scale_does_not_grow_through_the_layers():
+    model = checks.build64(segnn, False, {"hidden": 8, "layers": 3})
+    with torch.no_grad():
+        dx = model(checks.batch(b=16)) - checks.batch(b=16)["loc"]
+    assert 0.01 < dx.std().item() < 5.0  # the summed (SEGNN) node attribute gave ~100 here
