@@ -79,7 +79,7 @@ class RelaxedConditionedLinear(DenseRelaxedLinear):
         if self.training and self.record_input:
             self._last_input = x.detach()
             self._moments = None
-        return y + self.theta * self.free(x)
+        return torch.add(y, self.free(x), alpha=self.theta)
 
 
 def relaxed_conditioned(relaxed: bool, module: nn.Module, irreps_in, irreps_out, init_std: float = 1e-4) -> nn.Module:
