@@ -14,7 +14,8 @@ vector). Two things make it cheaper than the generic :class:`~relaxbench.relax.r
       sum_x ||L_A x||^2 = tr(L_A S L_A^T),   S = sum_x x x^T        (d_in x d_in)
 
   so the data enter only through ``S`` (and ``m = sum_x x`` for the bias in the norm term): the penalty costs
-  ``O(G d^3)`` after one ``O(n d^2)`` pass over the inputs, independent of how many points ``x`` covers.
+  one ``[(G + 1) d_out, d_in] x [d_in, d_in]`` matmul after one ``O(n d^2)`` pass over the inputs, independent of
+  how many points ``x`` covers; ``W A`` and ``B W`` use the generators as sparse matrices.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class DenseRelaxedLinear(RelaxedLayer):
         self.register_buffer("gen_out", gen_out.clone(), persistent=False)
         self._equivariant_matrix = equivariant_matrix
         self._moments: tuple[Tensor, Tensor, int] | None = None
+        self._sparse_generators: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         if self.theta == 0.0:
@@ -89,21 +91,51 @@ class DenseRelaxedLinear(RelaxedLayer):
             self._moments = (x.t() @ x, x.sum(0), x.shape[0])
         return self._moments
 
+    def sparse_generators(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(A^T stacked [G d_in, d_in], B stacked [G d_out, d_out])`` as sparse matrices of ``like``'s dtype and
+        device (cached). Generators are sparse (block diagonal for irreps), so ``W A`` and ``B W`` cost
+        ``O(nnz d)`` instead of ``O(d^3)``."""
+        key = (like.dtype, like.device)
+        if key not in self._sparse_generators:
+            gin, gout = self.gen_in.to(like), self.gen_out.to(like)
+            self._sparse_generators[key] = (
+                gin.transpose(1, 2).reshape(-1, gin.shape[-1]).to_sparse(),
+                gout.reshape(-1, gout.shape[-1]).to_sparse(),
+            )
+        return self._sparse_generators[key]
+
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
         weight = self.free.weight  # [d_out, d_in]
+        d_out, d_in = weight.shape
         zero = weight.new_zeros(())
-        if self._last_input is None:
+        if self._last_input is None or not (lie or norm):
             return zero, zero
         batch = self._last_input.shape[0]
         s, m, n = self.moments()
-        ld = zero
+        # quadratic forms tr(M S M^T), one per row, of the Lie derivatives L_A = W A - B W and of W, in one matmul
+        rows = []
         if lie:
-            gin, gout = self.gen_in.to(weight.dtype), self.gen_out.to(weight.dtype)
-            lie_mats = weight @ gin - gout @ weight  # [G, d_out, d_in]
-            ld = torch.einsum("gij,jk,gik->", lie_mats, s, lie_mats) / batch
+            gin_t, gout = self.sparse_generators(weight)
+            g = self.gen_in.shape[0]
+            w_a = torch.sparse.mm(gin_t, weight.t()).view(g, d_in, d_out).transpose(1, 2)  # W A
+            b_w = torch.sparse.mm(gout, weight).view(g, d_out, d_in)  # B W
+            rows.append((w_a - b_w).reshape(g * d_out, d_in))
+        if norm:
+            rows.append(weight)
+        mats = torch.cat(rows)
+        ms = mats.detach() @ s
+
+        def quadratic_form(r: slice) -> Tensor:
+            """``sum_rows m S m^T`` over rows ``r``; its gradient ``2 m S`` (S is symmetric) reuses ``ms`` (first
+            order only: not twice differentiable)."""
+            q = torch.dot(ms[r].flatten(), mats[r].flatten())
+            return 2 * q - q.detach()
+
+        n_lie = rows[0].shape[0] if lie else 0
+        ld = quadratic_form(slice(0, n_lie)) / batch if lie else zero
         sq = zero
         if norm:
-            sq = torch.einsum("ij,jk,ik->", weight, s, weight)
+            sq = quadratic_form(slice(n_lie, None))
             if self.free.bias is not None:
                 b = self.free.bias
                 sq = sq + 2 * b @ (weight @ m) + n * b.pow(2).sum()

@@ -1,0 +1,89 @@
+"""The suite's own costs, from a real workflow run: wall time, parallel speed-up, overhead, evaluation, memory.
+
+Runs ``snakemake`` on a config once per ``--cores`` value, each in a fresh working directory (so nothing is
+cached between them), then reads Snakemake's per-job benchmark files and the run records:
+
+- wall time per ``--cores`` and the speed-up of the largest over ``--cores 1``;
+- overhead = wall time at ``--cores 1`` minus the sum of the training jobs' times, as a share of the wall time
+  (it contains Snakemake itself, the data jobs, collect and report);
+- the equivariance-error evaluation's cost relative to one training epoch (``eval_time_s`` of the record
+  against the mean ``train_seconds`` of its history);
+- peak resident memory per training job (Snakemake's ``max_rss``).
+
+    python benchmarks/bench_workflow.py --config configs/smoke.yaml --cores 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_workflow(config: Path, cores: int, workdir: Path) -> float:
+    """Wall seconds of one complete ``snakemake`` run of ``config`` in ``workdir``."""
+    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
+           str(config.resolve()), "--cores", str(cores), "--workflow-profile", str(REPO / "workflow/profiles/default"),
+           "--quiet", "all"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - t0
+
+
+def job_table(results: Path) -> pd.DataFrame:
+    """One row per training job: Snakemake's seconds and max RSS, the record's eval cost against an epoch."""
+    rows = []
+    for tsv in sorted((results / "benchmarks" / "train").rglob("*.tsv")):
+        rel = tsv.relative_to(results / "benchmarks" / "train").with_suffix("")
+        bench = pd.read_csv(tsv, sep="\t").iloc[0]
+        run = results / "runs" / rel.parent / rel.name
+        record = pd.read_json(run / "record.json", typ="series")
+        history = pd.read_csv(run / "history.csv")
+        epoch = history["train_seconds"].mean() if len(history) else float("nan")
+        rows.append({"run": str(rel), "job_s": bench["s"], "max_rss_mb": bench["max_rss"],
+                     "epoch_s": epoch, "eval_s": record["eval_time_s"],
+                     "eval_over_epoch": (record["eval_time_s"] or float("nan")) / epoch})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs/smoke.yaml")
+    parser.add_argument("--cores", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--keep", type=Path, help="copy the last run's results folder here")
+    args = parser.parse_args(argv)
+    name = yaml.safe_load(args.config.read_text())["name"]
+    print(f"# {' '.join(['python', *sys.argv])}")
+    walls, jobs = {}, None
+    for cores in sorted(args.cores):
+        with tempfile.TemporaryDirectory() as tmp:
+            walls[cores] = run_workflow(args.config, cores, Path(tmp))
+            table = job_table(Path(tmp) / "results" / name)
+            if cores == min(args.cores):
+                jobs = table
+            if args.keep:
+                shutil.copytree(Path(tmp) / "results" / name, args.keep / f"cores{cores}", dirs_exist_ok=True)
+        print(f"--cores {cores}: wall {walls[cores]:.1f} s, {len(table)} training jobs")
+    low, high = min(walls), max(walls)
+    if high != low:
+        print(f"speed-up --cores {high} over --cores {low}: {walls[low] / walls[high]:.2f}x")
+    train = jobs["job_s"].sum()
+    print(f"--cores {low}: training jobs {train:.1f} s of {walls[low]:.1f} s wall; "
+          f"everything else (Snakemake, data, collect, report) {100 * (walls[low] - train) / walls[low]:.1f}%")
+    print(f"equivariance-error evaluation / one training epoch: median {jobs['eval_over_epoch'].median():.3f}, "
+          f"max {jobs['eval_over_epoch'].max():.3f}")
+    print(f"peak RSS per training job: median {jobs['max_rss_mb'].median():.0f} MB, max {jobs['max_rss_mb'].max():.0f} MB")
+    print(jobs.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+if __name__ == "__main__":
+    main()
