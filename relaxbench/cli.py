@@ -1,4 +1,4 @@
-"""Command line: ``relaxbench data | train | list`` (and the leaderboard stages).
+"""Command line: ``relaxbench data | train | collect | report | list``.
 
 Every subcommand takes ``--config``; bad input (unknown keys, names, values) exits with status 2 and one
 line naming the problem, before anything is written.
@@ -22,6 +22,13 @@ from relaxbench.tasks.base import TaskError
 __all__ = ["main"]
 
 USER_ERRORS = (ConfigError, registry.RegistryError, TaskError, MethodError, FileNotFoundError)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """``USER_ERRORS`` and the errors of modules that commands import lazily, once imported (evaluated when
+    an exception reaches ``main``); the leaderboard's pandas/scipy stay out of ``relaxbench train``."""
+    leaderboard = sys.modules.get("relaxbench.leaderboard")
+    return USER_ERRORS + ((leaderboard.LeaderboardError,) if leaderboard is not None else ())
 
 
 def _positive(text: str) -> int:
@@ -81,6 +88,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    from relaxbench.leaderboard import aggregate, collect, write_tables
+
+    board = collect(Path(args.results) / cfg["name"], expected=expand_runs(cfg))
+    paths = write_tables(Path(args.results) / cfg["name"], board, aggregate(board))
+    counts = ", ".join(f"{n} {s}" for s, n in board["status"].value_counts().items())
+    print(f"{paths[0]}: {len(board)} runs ({counts}); {paths[1]}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    from relaxbench.report import build_report
+
+    print(build_report(Path(args.results) / cfg["name"], Path(args.reports) / cfg["name"], cfg))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.config:
         cfg = load_config(args.config)
@@ -123,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = add("collect", cmd_collect, "gather every run record into results/<config>/leaderboard.csv and aggregates.csv")
+    p.add_argument("--config", required=True)
+
+    p = add("report", cmd_report, "render the static HTML report reports/<config>/index.html from the leaderboard")
+    p.add_argument("--config", required=True)
+    p.add_argument("--reports", default="reports", help="reports root (default: reports)")
+
     p = add("list", cmd_list, "list tasks, models and methods, or a config's runs")
     p.add_argument("--config")
     return parser
@@ -135,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except _user_errors() as err:
         print(f"relaxbench: error: {err}", file=sys.stderr)
         return 2
 

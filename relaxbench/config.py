@@ -112,7 +112,7 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
         for task in model["tasks"]:
             if task not in known_tasks:
                 raise ConfigError(f"{where}.tasks: unknown task {task!r}; choices: {known_tasks}")
-        for method in model.get("methods", []):
+        for method in [*model.get("methods", []), *model.get("method_params", {})]:
             if method not in cfg["methods"]:
                 raise ConfigError(
                     f"{where}.methods: method {method!r} is not configured; choices: {sorted(cfg['methods'])}"
@@ -176,7 +176,11 @@ def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     """Every setting one run depends on (the input of ``relaxbench train`` and of the config hash)."""
     model = cfg["models"][run.model]
     training = {**schema()["properties"]["training"]["default"], **cfg["training"], **model.get("training", {})}
-    method = get_method(run.method, cfg["methods"].get(run.method))
+    overrides = {**cfg["methods"].get(run.method, {}), **model.get("method_params", {}).get(run.method, {})}
+    try:
+        method = get_method(run.method, overrides)
+    except MethodError as err:
+        raise ConfigError(f"at 'models.{run.model}.method_params.{run.method}': {err}") from None
     return {
         "config_name": cfg["name"],
         "task": run.task,

@@ -30,6 +30,16 @@ def test_model_training_overrides_and_hash_changes_only_for_that_model(tiny_conf
     assert resolve_run(changed, RunSpec("tetris", "tfn", "relaxed", 0))["training"]["epochs"] == 3
 
 
+def test_per_model_method_params_override_the_top_level_method(tiny_config):
+    tiny_config["models"]["other"] = {"arch": "tfn", "tasks": ["tetris"],
+                                      "method_params": {"relaxed": {"lambda_lie": 0.0005, "lie_times_theta": True}}}
+    cfg = validate_config(tiny_config)
+    other = resolve_run(cfg, RunSpec("tetris", "other", "relaxed", 0))["method_params"]
+    tfn = resolve_run(cfg, RunSpec("tetris", "tfn", "relaxed", 0))["method_params"]
+    assert (other["lambda_lie"], other["lie_times_theta"], other["lambda_norm"]) == (0.0005, True, 0.01)
+    assert (tfn["lambda_lie"], tfn["lie_times_theta"]) == (0.01, False)
+
+
 BAD = [
     (lambda c: c.update(colour="red"), "unknown key(s) ['colour']; choices"),
     (lambda c: c["training"].update(epochs="ten"), "training.epochs"),
@@ -45,6 +55,8 @@ BAD = [
     (lambda c: c["models"]["tfn"].update(tasks=["imagenet"]), "unknown task 'imagenet'; choices"),
     (lambda c: c["models"]["tfn"].update(methods=["relaxed_v2"]), "not configured; choices"),
     (lambda c: c["methods"].update(magic={}), "unknown method 'magic'; choices"),
+    (lambda c: c["models"]["tfn"].update(method_params={"rpp": {}}), "method 'rpp' is not configured"),
+    (lambda c: c["models"]["tfn"].update(method_params={"relaxed": {"lamda": 1}}), "models.tfn.method_params"),
     (lambda c: c["methods"].update(relaxed={"lamda": 1}), "methods.relaxed"),
     (lambda c: c["tasks"].update(mnist3d={}), "unknown task 'mnist3d'"),
     (lambda c: c.pop("models"), "'models' is a required property"),

@@ -1,0 +1,60 @@
+"""relaxbench: the grid task x model x method x seed -> run records -> leaderboard -> HTML report.
+
+    snakemake --cores 4 --workflow-profile workflow/profiles/default          # configs/default.yaml
+    snakemake --cores 2 --configfile configs/smoke.yaml                      # every method once, tiny
+    snakemake --profile workflow/profiles/slurm --configfile configs/paper.yaml   # GPU cluster
+
+Results go to results/<name>/ and reports/<name>/ (relative to the working directory), <name> being the
+config's `name`. The jobs call the `relaxbench` command line with the same config file; see
+workflow/rules/common.smk for why that file is the only source of settings (no `--config KEY=VALUE`).
+"""
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+include: "workflow/rules/common.smk"
+
+
+if not workflow.overwrite_configfiles:
+
+    configfile: DEFAULT_CONFIG
+
+
+CONFIG_FILE = config_file()
+validate(config, "workflow/schemas/config.schema.yaml")
+CFG = checked_config(CONFIG_FILE)
+NAME = CFG["name"]
+RUNS = expand_runs(CFG)
+
+
+report: "workflow/report/workflow.rst"
+
+
+wildcard_constraints:
+    name=re.escape(NAME),
+    task=one_of(sorted({run.task for run in RUNS})),
+    model=one_of(sorted({run.model for run in RUNS})),
+    method=one_of(sorted({run.method for run in RUNS})),
+    seed=r"\d+",
+    key=r"[0-9a-f]{16}",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
+    runs,
+    collect,
+    report,
+
+
+rule all:
+    """The HTML report of the config (and everything it needs)."""
+    default_target: True
+    input:
+        f"reports/{NAME}",

@@ -1,0 +1,300 @@
+"""Run records -> one tidy table (one row per run) -> aggregates with paired statistics.
+
+``collect`` reads every ``runs/<task>/<model>/<method>/seed<k>/record.json`` below a config's results folder
+into one row each; runs that are not ``ok`` (``diverged``, ``failed``, or ``missing`` when an expected grid
+is given and a run left no record) stay in the table with their status and reason.
+
+``aggregate`` summarises the ``ok`` runs of every task x model x method (all other runs are counted, never
+used in a statistic):
+
+* per quantity (:data:`QUANTITIES`): ``n``, mean, sample standard deviation (ddof 1) and the 95 % t-based
+  confidence interval of the mean (``scipy.stats.ttest_1samp(...).confidence_interval``);
+* for the primary test metric and the generalization gap: the difference from the ``equivariant`` method of
+  the same task x model, paired by seed (``method - equivariant``), its 95 % CI, the paired t-test p-value
+  (``scipy.stats.ttest_rel``), the Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, only from
+  :data:`WILCOXON_MIN_PAIRS` pairs on: below that its smallest two-sided p-value exceeds 0.05) and the effect
+  size Cohen's ``d_z = mean(d) / sd(d) = t / sqrt(n)``;
+* the rank within the task by mean primary test metric (direction-aware, 1 = best, ties share the lower
+  rank) and whether an entry is *tied with the best*: a two-sided Welch t-test
+  (``scipy.stats.ttest_ind(equal_var=False)``) of its ``ok`` runs against the best entry's gives
+  ``p >= alpha`` (0.05, no correction for multiple comparisons), or cannot separate them (fewer than two
+  runs on a side, or both constant and equal, so the p-value is undefined).
+
+Metric columns carry the metric's name, which carries its unit (e.g. ``test_mse_pos``); ``metric`` names
+the task's primary metric, ``metric_unit`` its unit and ``lower_is_better`` its direction, and
+``test_metric`` repeats its test value so that tables of different tasks line up.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from relaxbench.config import RunSpec
+from relaxbench.records import atomic_write_text, read_record
+
+__all__ = [
+    "ALPHA",
+    "BASELINE",
+    "CONFIDENCE",
+    "LeaderboardError",
+    "PAIRED_QUANTITIES",
+    "QUANTITIES",
+    "WILCOXON_MIN_PAIRS",
+    "aggregate",
+    "collect",
+    "paired_difference",
+    "read_tables",
+    "summarize",
+    "welch_p",
+    "write_tables",
+]
+
+BASELINE = "equivariant"
+ALPHA = 0.05
+CONFIDENCE = 0.95
+WILCOXON_MIN_PAIRS = 6
+LEADERBOARD_CSV = "leaderboard.csv"
+AGGREGATES_CSV = "aggregates.csv"
+GROUP = ["task", "model", "method"]
+
+#: Per-run quantities summarised by :func:`aggregate` (columns of the leaderboard).
+QUANTITIES = (
+    "test_metric",
+    "gen_gap",
+    "train_loss",
+    "test_loss",
+    "test_metric_unprojected",
+    "equiv_init_exact",
+    "equiv_init_approx",
+    "equiv_final_exact",
+    "equiv_final_approx",
+    "time_per_step_s",
+    "wall_time_s",
+)
+#: Quantities compared with the ``equivariant`` baseline, paired by seed.
+PAIRED_QUANTITIES = ("test_metric", "gen_gap")
+
+#: Leading columns of the leaderboard, in order; metric and version columns follow.
+LEAD_COLUMNS = [
+    "task", "model", "arch", "family", "method", "seed", "status", "reason", "diverged_epoch",
+    "metric", "metric_unit", "lower_is_better", "test_metric", "gen_gap", "test_metric_unprojected",
+    "theta_unprojected", "equiv_init_exact", "equiv_init_approx", "equiv_final_exact", "equiv_final_approx",
+    "equiv_dtype",
+]
+TAIL_COLUMNS = [
+    "params_total", "params_equivariant", "params_free", "epochs_run", "best_epoch", "steps", "wall_time_s",
+    "time_per_step_s", "eval_time_s", "peak_memory_mb", "resumed", "device", "threads", "git_commit",
+    "started_at", "config_name", "config_hash", "schema_version", "run_dir",
+]
+
+
+class LeaderboardError(ValueError):
+    """A results folder that cannot be collected (no runs, an unreadable record, a missing table)."""
+
+
+def _row(record_path: Path, results_dir: Path) -> dict:
+    try:
+        record = read_record(record_path)
+    except (ValueError, TypeError) as err:
+        raise LeaderboardError(f"{record_path}: unreadable run record ({err})") from None
+    data = asdict(record)
+    row = {k: v for k, v in data.items() if k not in ("train", "val", "test", "versions", "run_config")}
+    for split in ("train", "val", "test"):
+        row.update({f"{split}_{name}": value for name, value in data[split].items()})
+    row["test_metric"] = record.test.get(record.metric)
+    row.update({f"version_{pkg}": version for pkg, version in sorted(record.versions.items())})
+    row["run_dir"] = record_path.parent.relative_to(results_dir).as_posix()
+    return row
+
+
+def _missing_row(run: RunSpec, results_dir: Path) -> dict:
+    return {
+        "task": run.task, "model": run.model, "method": run.method, "seed": run.seed, "status": "missing",
+        "reason": "no record.json: the run has not finished (not started, still running, or killed)",
+        "run_dir": run.path(results_dir.name, results_dir.parent).relative_to(results_dir).as_posix(),
+    }
+
+
+def collect(results_dir: str | Path, expected: Iterable[RunSpec] | None = None) -> pd.DataFrame:
+    """Every run record below ``results_dir`` (``results/<config>``) as one row; sorted by task, model, method, seed.
+
+    Args:
+        results_dir: a config's results folder, holding ``runs/<task>/<model>/<method>/seed<k>/record.json``.
+        expected: the config's grid (:func:`relaxbench.config.expand_runs`); a run of it without a record
+            gets a row with status ``missing``, so that nothing is dropped without a trace.
+
+    Returns:
+        The leaderboard: :data:`LEAD_COLUMNS`, then ``train_* / val_* / test_*`` metric columns (names carry
+        units), then timings and provenance (:data:`TAIL_COLUMNS`, ``version_<package>``).
+    """
+    results_dir = Path(results_dir)
+    rows = [_row(path, results_dir) for path in sorted(results_dir.glob("runs/*/*/*/seed*/record.json"))]
+    if expected is not None:
+        found = {(r["task"], r["model"], r["method"], r["seed"]) for r in rows}
+        rows += [_missing_row(run, results_dir) for run in expected
+                 if (run.task, run.model, run.method, run.seed) not in found]
+    if not rows:
+        raise LeaderboardError(f"{results_dir}: no run records (runs/<task>/<model>/<method>/seed<k>/record.json)")
+    board = pd.DataFrame(rows)
+    fixed = set(LEAD_COLUMNS) | set(TAIL_COLUMNS)
+    losses = {f"{split}_loss" for split in ("train", "val", "test")}  # present even when no run finished
+    metrics = sorted(losses | {c for c in board if c.startswith(("train_", "val_", "test_")) and c not in fixed})
+    versions = sorted(c for c in board if c.startswith("version_"))
+    newer = [c for c in board if c not in fixed.union(metrics, versions)]  # record fields added after this module
+    board = board.reindex(columns=LEAD_COLUMNS + metrics + newer + TAIL_COLUMNS + versions)
+    return board.sort_values(["task", "model", "method", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _quiet_stats(func, *args, **kwargs):
+    """Call a scipy.stats test with its degenerate-data RuntimeWarnings silenced (callers handle those cases)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return func(*args, **kwargs)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """``n``, ``mean``, ``std`` (ddof 1) and the 95 % t confidence interval of the mean; NaNs are ignored.
+
+    ``std`` and the interval are NaN below two values; a constant sample has the zero-width interval.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    out = {"n": len(v), "mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    if len(v):
+        out["mean"] = float(np.mean(v))
+    if len(v) >= 2:
+        out["std"] = float(np.std(v, ddof=1))
+        ci = _quiet_stats(stats.ttest_1samp, v, 0.0).confidence_interval(CONFIDENCE)
+        out["ci_low"], out["ci_high"] = float(ci.low), float(ci.high)
+    return out
+
+
+def paired_difference(x: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
+    """Paired comparison of ``x`` with ``baseline`` (same order, e.g. by seed): ``d = x - baseline``.
+
+    Returns ``n``, ``mean`` and 95 % CI of ``d``, ``p_ttest`` (paired t-test, two-sided), ``p_wilcoxon``
+    (signed-rank, two-sided; NaN below :data:`WILCOXON_MIN_PAIRS` pairs or when every ``d`` is 0) and
+    ``dz`` (Cohen's d_z = t / sqrt(n) = mean(d) / sd(d)). The t-test and d_z are undefined (NaN) below two
+    pairs and when ``d`` is constant up to rounding (sd(d) <= 1e-12 max|d|, where scipy would report a
+    rounding-driven t); the interval of a constant ``d`` has zero width.
+    """
+    x, baseline = np.asarray(x, dtype=float), np.asarray(baseline, dtype=float)
+    if x.shape != baseline.shape:
+        raise ValueError(f"paired samples differ in length: {x.shape} vs {baseline.shape}")
+    d = x - baseline
+    n = len(d)
+    out = {"n": n, "mean": float(np.mean(d)) if n else math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "p_ttest": math.nan, "p_wilcoxon": math.nan, "dz": math.nan}
+    if n >= 2 and np.std(d, ddof=1) <= 1e-12 * np.max(np.abs(d)):
+        out.update(ci_low=out["mean"], ci_high=out["mean"])
+    elif n >= 2:
+        res = _quiet_stats(stats.ttest_rel, x, baseline)
+        ci = res.confidence_interval(CONFIDENCE)
+        out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_ttest=float(res.pvalue),
+                   dz=float(res.statistic) / math.sqrt(n))
+    if n >= WILCOXON_MIN_PAIRS and np.any(d != 0):
+        out["p_wilcoxon"] = float(_quiet_stats(stats.wilcoxon, x, baseline).pvalue)
+    return out
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Welch t-test p-value of two independent samples; NaN when either has fewer than 2 values."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    return float(_quiet_stats(stats.ttest_ind, a, b, equal_var=False).pvalue)
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{k}": v for k, v in values.items()}
+
+
+def _not_ok_summary(runs: pd.DataFrame) -> str:
+    bad = runs[runs["status"] != "ok"]
+    return "; ".join(f"seed {r.seed}: {r.status}" + (f" ({r.reason})" if isinstance(r.reason, str) else "")
+                     for r in bad.itertuples())
+
+
+def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per task x model x method of a :func:`collect` table: counts, summaries, paired tests, ranks.
+
+    Columns: ``task, model, method, family, metric, metric_unit, lower_is_better``; ``n_total, n_ok,
+    n_diverged, n_failed, n_missing`` and ``not_ok`` (seed, status and reason of every run left out);
+    ``<q>_n/_mean/_std/_ci_low/_ci_high`` for every ``q`` in :data:`QUANTITIES`;
+    ``<q>_vs_equivariant_n/_mean/_ci_low/_ci_high/_p_ttest/_p_wilcoxon/_dz`` for ``q`` in
+    :data:`PAIRED_QUANTITIES` (NaN for the baseline itself and where it has no ``ok`` run);
+    ``rank, is_best, tied_with_best, p_vs_best`` within the task (see the module docstring).
+    """
+    ok = board[board["status"] == "ok"]
+    meta = board.dropna(subset=["metric"]).groupby("task")[["metric", "metric_unit", "lower_is_better"]].first()
+    families = board.dropna(subset=["family"]).groupby("model")["family"].first()
+    rows, samples = [], {}
+    for key, runs in board.groupby(GROUP, sort=True):
+        task, model, method = key
+        good = runs[runs["status"] == "ok"]
+        samples[key] = good["test_metric"].dropna().to_numpy(dtype=float)
+        counts = runs["status"].value_counts()
+        row = {"task": task, "model": model, "method": method, "family": families.get(model),
+               **{c: meta.at[task, c] if task in meta.index else None for c in meta.columns},
+               "n_total": len(runs),
+               **{f"n_{s}": int(counts.get(s, 0)) for s in ("ok", "diverged", "failed", "missing")},
+               "not_ok": _not_ok_summary(runs)}
+        for q in QUANTITIES:
+            row.update(_prefixed(q, summarize(good[q])))
+        base = ok[(ok["task"] == task) & (ok["model"] == model) & (ok["method"] == BASELINE)]
+        for q in PAIRED_QUANTITIES:
+            prefix = f"{q}_vs_{BASELINE}"
+            if method == BASELINE or base.empty:
+                row.update(_prefixed(prefix, paired_difference([], [])))
+                continue
+            pairs = good[["seed", q]].merge(base[["seed", q]], on="seed", suffixes=("", "_base")).dropna()
+            row.update(_prefixed(prefix, paired_difference(pairs[q], pairs[f"{q}_base"])))
+        rows.append(row)
+    agg = pd.DataFrame(rows)
+    agg["rank"], agg["is_best"], agg["tied_with_best"], agg["p_vs_best"] = math.nan, False, False, math.nan
+    for task, idx in agg.groupby("task").groups.items():
+        if task not in meta.index:  # no run of the task left a record
+            continue
+        sign = 1.0 if bool(meta.loc[task, "lower_is_better"]) else -1.0
+        score = (sign * agg.loc[idx, "test_metric_mean"]).dropna()
+        if score.empty:
+            continue
+        agg.loc[score.index, "rank"] = stats.rankdata(score.to_numpy(), method="min")
+        best = score.idxmin()
+        best_sample = samples[tuple(agg.loc[best, GROUP])]
+        for i in score.index:
+            p = math.nan if i == best else welch_p(samples[tuple(agg.loc[i, GROUP])], best_sample)
+            agg.loc[i, "p_vs_best"] = p
+            agg.loc[i, "tied_with_best"] = bool(i == best or not p < alpha)
+        agg.loc[best, "is_best"] = True
+    agg["rank"] = agg["rank"].astype("Int64")
+    return agg
+
+
+def write_tables(results_dir: str | Path, board: pd.DataFrame, aggregates: pd.DataFrame) -> tuple[Path, Path]:
+    """Write ``leaderboard.csv`` and ``aggregates.csv`` into ``results_dir`` atomically; returns their paths."""
+    results_dir = Path(results_dir)
+    paths = results_dir / LEADERBOARD_CSV, results_dir / AGGREGATES_CSV
+    for path, table in zip(paths, (board, aggregates)):
+        atomic_write_text(path, table.to_csv(index=False))
+    return paths
+
+
+def read_tables(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the tables :func:`write_tables` wrote (floats round-trip exactly)."""
+    results_dir = Path(results_dir)
+    tables = []
+    for name in (LEADERBOARD_CSV, AGGREGATES_CSV):
+        path = results_dir / name
+        if not path.is_file():
+            raise LeaderboardError(f"{path} does not exist; run `relaxbench collect` first")
+        tables.append(pd.read_csv(path, float_precision="round_trip", keep_default_na=True))
+    return tables[0], tables[1]

@@ -1,0 +1,275 @@
+"""The steerable-CNN family's relaxation hook: a relaxable escnn ``R2Conv`` and the group's action on fields.
+
+``relaxed_r2conv(relaxed, in_type, out_type, kernel_size, ...)`` is what an escnn model (built-in or a
+user's) calls for every convolution the method may relax. Plain: an ``escnn.nn.R2Conv`` (``in_type ->
+out_type``). Relaxed: a :class:`RelaxedR2Conv`, ``f(x) = R2Conv(x) + theta * W(x)`` where the free map ``W`` is
+a bias-free ``torch.nn.Conv2d`` over all ``in_type.size -> out_type.size`` channels with the same kernel
+size, padding, stride and dilation (as in the published relaxed steerable CNNs), added before the
+nonlinearity.
+
+**Group action and penalty generators.** A group element ``g`` acts on a field tensor
+``x [B, C, H, W]`` of type ``T`` by ``(g x)(p) = rho_T(g) x(g^-1 p)``: the fibre matrix ``rho_T(g)``
+(escnn's ``T.representation(g)``) on the channel axis and the base-space action on the pixel grid. The
+Lie-type penalty of METHOD.md uses, for finite groups, the finite difference
+``sum_g ||W(g x) - g W(x)||^2`` over a set of generators ``g``:
+
+- ``generators="grid"`` (default): the generators of the largest subgroup that acts *exactly* on the pixel
+  grid, i.e. the group's rotation by 90 degrees (180 if 90 is not in the group; none for odd ``N``) and, for
+  ``D_N``, the reflection. The grid action is an exact pixel permutation, so an escnn-equivariant kernel
+  scores exactly 0. For ``C_8`` this penalises only the C4 part of the constraint (a free kernel that is
+  C4- but not C8-equivariant is not penalised); for SO(2) it is the 90-degree rotation.
+- ``generators="group"``: the group's own generators (the 2 pi / N rotation, and the reflection for
+  ``D_N``). Rotations that are not multiples of 90 degrees move pixels off the grid and are applied with
+  bilinear interpolation, so the grid action is approximate: even an escnn-equivariant kernel scores a small
+  positive penalty (escnn kernels are themselves only approximately 45-degree equivariant on a grid).
+
+With exact (permutation) grid actions and orthogonal fibre representations the penalty is computed in
+weight space at the cost of one convolution: ``||W(g x) - g W(x)|| = ||(g^-1 W g - W)(x)||`` and
+``g^-1 W g`` is again a convolution, with kernel ``K_g(q) = rho_out(g)^-1 K(g q) rho_in(g)``; the norm term
+``||W x||^2`` shares the same convolution call. Otherwise the generic
+:func:`relaxbench.relax.lie.lie_derivative_sq` is used.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+import escnn.group._numerical as _escnn_numerical
+import numpy as np
+import torch
+from escnn import nn as enn
+from escnn.group import GroupElement as EscnnElement
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from relaxbench.relax.lie import make_finite_action
+from relaxbench.relax.relaxed import RelaxedLayer
+
+__all__ = [
+    "RelaxedR2Conv",
+    "fibre_matrix",
+    "field_action",
+    "generator_elements",
+    "grid_action",
+    "is_grid_exact",
+    "relaxed_r2conv",
+]
+
+Generators = Literal["grid", "group"]
+
+# escnn 1.0.11 computes intertwiner null spaces (needed by D_N and SO(2) kernel bases) with scikit-learn's
+# randomized_svd on an np.matrix, which current scikit-learn rejects (escnn issue #112), and with
+# random_state=None, so the basis could differ between processes. Its own fallback, scipy.linalg.svd, is
+# exact and deterministic; make escnn use it.
+_escnn_numerical.randomized_svd = None
+
+
+def _basespace_matrix(gspace, g: EscnnElement) -> np.ndarray:
+    """``[2, 2]`` matrix of ``g`` acting on the plane (x to the right, y up)."""
+    return np.asarray(gspace.basespace_action(g), dtype=np.float64)
+
+
+def is_grid_exact(gspace, g: EscnnElement) -> bool:
+    """Whether ``g`` moves pixel centres onto pixel centres (a signed permutation of the axes)."""
+    m = _basespace_matrix(gspace, g)
+    return bool(np.allclose(m, np.round(m), atol=1e-9))
+
+
+def _grid_gather_index(m: np.ndarray, size: int) -> Tensor:
+    """Flat indices ``[size * size]``: output pixel -> source pixel for the exact action of ``m``."""
+    return _gather_index(tuple(np.round(m).astype(int).flatten().tolist()), size)
+
+
+@lru_cache(maxsize=256)
+def _gather_index(m_entries: tuple[int, ...], size: int) -> Tensor:
+    m = np.asarray(m_entries, dtype=np.float64).reshape(2, 2)
+    r, c = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    # doubled coordinates about the centre keep everything integer for odd and even sizes
+    p = np.stack([2 * c - (size - 1), (size - 1) - 2 * r]).reshape(2, -1)
+    q = np.round(np.linalg.inv(m)).astype(np.int64) @ p
+    src_c, src_r = (q[0] + size - 1) // 2, ((size - 1) - q[1]) // 2
+    return torch.from_numpy(src_r * size + src_c)
+
+
+def grid_action(x: Tensor, m: np.ndarray) -> Tensor:
+    """``x'(p) = x(m^-1 p)`` on the last two (square) axes of ``x [..., S, S]``, about the grid centre.
+
+    Exact index permutation when ``m`` is a signed permutation matrix; bilinear interpolation (zeros outside)
+    otherwise. Array rows run along -y, columns along +x (escnn's convention).
+    """
+    size = x.shape[-1]
+    if x.shape[-2] != size:
+        raise ValueError(f"grid_action needs square maps, got {tuple(x.shape[-2:])}")
+    if np.allclose(m, np.round(m), atol=1e-9):
+        index = _grid_gather_index(m, size).to(x.device)
+        return x.flatten(-2).index_select(-1, index).unflatten(-1, (size, size))
+    flip = np.diag([1.0, -1.0])  # normalised grid coordinates have y pointing down
+    inv = torch.as_tensor(flip @ np.linalg.inv(m) @ flip, dtype=x.dtype, device=x.device)
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, size, size)
+    theta = torch.cat([inv, inv.new_zeros(2, 1)], 1).expand(flat.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=True)
+    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(*lead, size, size)
+
+
+def fibre_matrix(field_type: enn.FieldType, g: EscnnElement) -> Tensor:
+    """``rho_T(g)`` ``[C, C]`` (float64) of a field type ``T`` with ``C = T.size`` channels."""
+    return torch.as_tensor(np.asarray(field_type.representation(g)), dtype=torch.float64)
+
+
+def field_action(x: Tensor, field_type: enn.FieldType, g: EscnnElement) -> Tensor:
+    """``(g x)(p) = rho_T(g) x(g^-1 p)`` for a field tensor ``x [B, C, S, S]`` of type ``T`` (differentiable)."""
+    rho = fibre_matrix(field_type, g).to(x)
+    moved = torch.einsum("ij,bj...->bi...", rho, x)
+    return grid_action(moved, _basespace_matrix(field_type.gspace, g))
+
+
+def generator_elements(gspace, generators: Generators = "grid") -> list[EscnnElement]:
+    """The group elements the penalty uses (see the module docstring); raises if there are none."""
+    group = gspace.fibergroup
+    name = type(group).__name__
+    if generators == "group":
+        if name == "SO2":
+            raise ValueError("SO(2) has no finite generators; use generators='grid' (the 90-degree rotation)")
+        return list(group.generators)
+    if generators != "grid":
+        raise ValueError(f"generators must be 'grid' or 'group', got {generators!r}")
+    if name == "SO2":
+        return [group.element(np.pi / 2)]
+    n = group.rotation_order if name == "DihedralGroup" else group.order()
+    step = n // 4 if n % 4 == 0 else (n // 2 if n % 2 == 0 else None)
+    if name == "CyclicGroup":
+        elements = [group.element(step)] if step else []
+    elif name == "DihedralGroup":
+        elements = ([group.element((0, step))] if step else []) + [group.element((1, 0))]
+    else:
+        raise ValueError(f"no penalty generators for the group {group}")
+    if not elements:
+        raise ValueError(f"{group} contains no rotation acting exactly on the pixel grid; use generators='group'")
+    return elements
+
+
+class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
+    """``f(x) = R2Conv(x) + theta * W(x)``: escnn field types ``in_type -> out_type`` (GeometricTensors).
+
+    Args:
+        conv: the equivariant ``R2Conv`` (zero padding).
+        generators: which group elements the penalty uses (module docstring).
+        init_std: standard deviation of the free kernel at initialisation (0: a zero free map).
+        penalty_examples: evaluate the penalty on only the first ``n`` examples of each batch (``None``: all).
+            Both terms are batch means, so a subset is an unbiased estimate of them (before the square root)
+            at a fraction of the cost; the default keeps the paper's full-batch penalty.
+
+    The free map ``W`` is a bias-free ``Conv2d(in_type.size -> out_type.size)``, so the Lie term sees all
+    of it. The group action (:attr:`action`) and the penalty work on raw tensors ``[B, C, H, W]``. For
+    ``theta > 0`` the two kernels are summed and convolved once (fused forward); at ``theta == 0`` only the
+    ``R2Conv`` runs, bit for bit the plain model. :meth:`export` gives the projected layer as a ``Conv2d``.
+    """
+
+    def __init__(self, conv: enn.R2Conv, generators: Generators = "grid", init_std: float = 1e-4,
+                 penalty_examples: int | None = None) -> None:
+        if conv.padding_mode != "zeros" or conv.groups != 1:
+            raise ValueError("RelaxedR2Conv needs an R2Conv with zero padding and groups=1")
+        c_in, c_out = conv.in_type.size, conv.out_type.size
+        elements = generator_elements(conv.in_type.gspace, generators)
+
+        def free() -> nn.Conv2d:
+            layer = nn.Conv2d(c_in, c_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                              dilation=conv.dilation, bias=False)
+            nn.init.normal_(layer.weight, 0.0, init_std) if init_std > 0 else nn.init.zeros_(layer.weight)
+            return layer
+
+        def act(field_type):
+            return lambda x: torch.stack([field_action(x, field_type, g) for g in elements])
+
+        super().__init__(conv, free, make_finite_action(act(conv.in_type), act(conv.out_type)))
+        self.in_type, self.out_type = conv.in_type, conv.out_type
+        self.generators = generators
+        if penalty_examples is not None and penalty_examples < 1:
+            raise ValueError(f"penalty_examples must be None or >= 1, got {penalty_examples}")
+        self.penalty_examples = penalty_examples
+        gspace = conv.in_type.gspace
+        self.weight_space = all(is_grid_exact(gspace, g) for g in elements)
+        if self.weight_space:
+            # K_g(q) = rho_out(g)^-1 K(g q) rho_in(g): kernel-space conjugation by each generator
+            rho_in = torch.stack([fibre_matrix(conv.in_type, g) for g in elements])
+            rho_out_inv = torch.stack([fibre_matrix(conv.out_type, g).t() for g in elements])
+            for rho in (*rho_in, *rho_out_inv):
+                if not torch.allclose(rho @ rho.t(), torch.eye(len(rho), dtype=rho.dtype), atol=1e-9):
+                    raise ValueError("the weight-space penalty needs orthogonal fibre representations")
+            index = torch.stack([
+                _grid_gather_index(_basespace_matrix(gspace, ~g), conv.kernel_size) for g in elements
+            ])
+            self.register_buffer("rho_in", rho_in, persistent=False)
+            self.register_buffer("rho_out_inv", rho_out_inv, persistent=False)
+            self.register_buffer("kernel_index", index, persistent=False)
+
+    def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
+        conv = self.equivariant
+        if self.theta == 0.0:
+            return conv(x)
+        if self.training and self.record_input:
+            self._last_input = x.tensor[: self.penalty_examples].detach()
+        weight, bias = conv.expand_parameters() if self.training else (conv.filter, conv.expanded_bias)
+        weight = weight + self.theta * self.free.weight
+        out = F.conv2d(x.tensor, weight, bias, conv.stride, conv.padding, conv.dilation)
+        return enn.GeometricTensor(out, self.out_type)
+
+    def conjugated_kernels(self) -> Tensor:
+        """``[G, C_out, C_in, k, k]``: the free kernel conjugated by each generator, ``g^-1 W g``."""
+        weight = self.free.weight
+        k = weight.shape[-1]
+        rotated = weight.flatten(-2)[..., self.kernel_index].unflatten(-1, (k, k))  # [C_out, C_in, G, k, k]
+        rotated = rotated.permute(2, 0, 1, 3, 4)
+        return torch.einsum("goc,gcikl,gij->gojkl", self.rho_out_inv.to(weight), rotated, self.rho_in.to(weight))
+
+    def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
+        if not self.weight_space or self._last_input is None:
+            return super().penalty_terms(lie, norm)
+        x, weight = self._last_input, self.free.weight
+        zero = weight.new_zeros(())
+        kernels = []
+        if lie:
+            kernels.append((self.conjugated_kernels() - weight).flatten(0, 1))
+        if norm:
+            kernels.append(weight)
+        if not kernels:
+            return zero, zero
+        conv = self.free
+        out = F.conv2d(x, torch.cat(kernels), None, conv.stride, conv.padding, conv.dilation)
+        per_kernel = out.pow(2).sum((0, 2, 3)).view(-1, weight.shape[0]).sum(1) / x.shape[0]
+        ld = per_kernel[: len(self.kernel_index)].sum() if lie else zero
+        return ld, per_kernel[-1] if norm else zero
+
+    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.equivariant.evaluate_output_shape(input_shape)
+
+    def export(self) -> nn.Conv2d:
+        """The projected layer (theta must be 0) as a plain ``torch.nn.Conv2d`` (escnn's ``R2Conv.export``)."""
+        if self.theta != 0.0:
+            raise ValueError(f"only a projected layer (theta = 0) can be exported, theta is {self.theta}")
+        return self.equivariant.export()
+
+
+def relaxed_r2conv(
+    relaxed: bool,
+    in_type: enn.FieldType,
+    out_type: enn.FieldType,
+    kernel_size: int,
+    generators: Generators = "grid",
+    init_std: float = 1e-4,
+    penalty_examples: int | None = None,
+    **conv_kwargs,
+) -> enn.EquivariantModule:
+    """An ``R2Conv(in_type -> out_type, kernel_size, **conv_kwargs)``, relaxed when ``relaxed`` is true
+    (see :class:`RelaxedR2Conv` for the other arguments).
+
+    ``recompute`` defaults to True: escnn otherwise shares one sampled-basis module between all convolutions
+    of the same types in the process, so casting or moving one model (``.double()``, ``.cuda()``) would
+    silently change every other model built from that basis.
+    """
+    conv = enn.R2Conv(in_type, out_type, kernel_size, **{"recompute": True, **conv_kwargs})
+    return RelaxedR2Conv(conv, generators, init_std, penalty_examples) if relaxed else conv
+

@@ -1,0 +1,252 @@
+"""The static HTML report of one config: ``reports/<name>/index.html``, ``figures/*.png``, ``runs/*.html``.
+
+Built from ``leaderboard.csv`` and ``aggregates.csv`` (written by ``relaxbench collect``) and, for the run
+pages and learning curves, each run's ``record.json`` and ``history.csv``. Jinja2 renders with autoescaping
+on, so every string from a config or a record reaches the page HTML-escaped; the CSS and the small sorting
+script are the package's own files, inlined, so the site opens from the file system with no network. The
+site is built in a staging folder inside the output folder and renamed into place, ``index.html`` last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from relaxbench.leaderboard import ALPHA, BASELINE, CONFIDENCE, WILCOXON_MIN_PAIRS, read_tables
+from relaxbench.records import RunRecord, read_record
+from relaxbench.report import figures
+
+__all__ = ["build_report"]
+
+STATIC = Path(__file__).with_name("static")
+
+
+def slug(*parts: Any) -> str:
+    """A file-name-safe name for ``parts``; names that had to change get a short hash (so they stay unique)."""
+    raw = "--".join(str(p) for p in parts)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or "x"
+    if safe != raw:
+        safe += "-" + hashlib.sha1(raw.encode()).hexdigest()[:8]
+    return safe
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN or pandas' NA (scalars only)."""
+    return value is None or (not isinstance(value, (str, bytes, dict, list)) and bool(pd.isna(value)))
+
+
+def fmt_num(value: Any, digits: int = 4) -> str:
+    """A number with ``digits`` significant digits; missing -> an en dash, infinities -> the infinity sign."""
+    if _missing(value):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e6):
+        return f"{int(value)}"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def fmt_p(value: Any) -> str:
+    """A p-value: three significant digits, ``< 1e-4`` below that."""
+    if _missing(value):
+        return "–"
+    return "< 1e-4" if value < 1e-4 else f"{value:.3g}"
+
+
+def sort_key(value: Any) -> str:
+    """The ``data-v`` attribute the sorting script reads: a plain number, or empty (sorted last)."""
+    if _missing(value):
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "Infinity" if value == math.inf else "-Infinity" if value == -math.inf else repr(value)
+    return str(value)
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("relaxbench.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=fmt_num, pval=fmt_p, sortkey=sort_key)
+    env.globals.update(
+        css=Markup((STATIC / "report.css").read_text()),
+        js=Markup((STATIC / "report.js").read_text()),
+        alpha=ALPHA, confidence=CONFIDENCE, baseline=BASELINE, wilcoxon_min=WILCOXON_MIN_PAIRS,
+    )
+    return env
+
+
+def _read_history(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
+
+
+def _nan_to_none(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: None if _missing(v) else v for k, v in row.items()}
+
+
+def _run_context(row: Mapping[str, Any], record: RunRecord, history: pd.DataFrame) -> dict[str, Any]:
+    data = asdict(record)
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    return {
+        "row": row,
+        "record": scalars,
+        "anchor": f"task-{slug(record.task)}",
+        "splits": {split: data[split] for split in ("train", "val", "test")},
+        "metric_names": list(dict.fromkeys(k for split in ("train", "val", "test") for k in data[split])),
+        "versions": record.versions,
+        "config_json": json.dumps(record.run_config, indent=2, sort_keys=True, default=str),
+        "record_json": record.to_json(),
+        "history_columns": list(history.columns),
+        "history_rows": history.to_dict("records"),
+    }
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height in pixels from a PNG's header (its IHDR chunk)."""
+    return struct.unpack(">II", path.read_bytes()[16:24])
+
+
+def _provenance(board: pd.DataFrame) -> dict[str, Any]:
+    ran = board[board["status"] != "missing"]
+    version_cols = [c for c in board if c.startswith("version_")]
+    combos = ran.fillna({c: "?" for c in version_cols}).groupby(version_cols, dropna=False).size() \
+        if version_cols else pd.Series(dtype=int)
+    versions = [{"versions": dict(zip([c.removeprefix("version_") for c in version_cols],
+                                      key if isinstance(key, tuple) else (key,))), "runs": int(n)}
+                for key, n in combos.items()]
+    started = ran["started_at"].dropna().astype(str)
+    return {
+        "versions": versions,
+        "commits": ran["git_commit"].fillna("unknown").value_counts().to_dict(),
+        "devices": ran["device"].fillna("unknown").value_counts().to_dict(),
+        "threads": ran["threads"].dropna().astype(int).value_counts().to_dict(),
+        "config_hashes": int(ran["config_hash"].nunique()),
+        "first_start": started.min() if len(started) else None,
+        "last_start": started.max() if len(started) else None,
+        "wall_time_h": float(ran["wall_time_s"].sum()) / 3600,
+    }
+
+
+def _methods_used(records: Mapping[str, RunRecord]) -> list[dict[str, Any]]:
+    """Each method's parameters as the runs applied them (``run_config['method_params']``), with the models
+    that ran it so; a method appears once per distinct parameter set (``unconstrained`` may differ by model)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records.values():
+        params = record.run_config.get("method_params", {})
+        entry = seen.setdefault((record.method, json.dumps(params, sort_keys=True, default=str)),
+                                {"name": record.method, "params": params, "models": set()})
+        entry["models"].add(record.model)
+    return [{**e, "models": sorted(e["models"])} for _, e in sorted(seen.items())]
+
+
+def _task_sections(board: pd.DataFrame, agg: pd.DataFrame, histories: Mapping[str, pd.DataFrame],
+                   pages: Mapping[str, str], stage: Path) -> list[dict[str, Any]]:
+    sections = []
+    for task, runs in board.groupby("task", sort=True):
+        entries = agg[agg["task"] == task].sort_values(["rank", "model", "method"], na_position="last")
+        meta = {k: (None if _missing(v) else v) for k, v in entries.iloc[0].items()}  # NaN: no run has a record
+        name = slug(task)
+        made = [
+            (figures.learning_curves(runs, histories, stage / f"figures/{name}-learning.png"),
+             "Learning curves", "Training task loss (log axis) and validation metric per epoch; thin lines are "
+             "single runs (a cross marks where a run diverged or failed), thick lines the mean over ok runs; "
+             "dashed lines are theta (right axis)."),
+            (figures.penalty_curves(runs, histories, stage / f"figures/{name}-penalties.png"),
+             "Relaxation penalties", "The regulariser's two terms per epoch, before weighting by lambda (log "
+             "axis): the Lie-derivative term and the free branch's activation-norm term, summed over relaxed "
+             "layers."),
+            (figures.spread_figure(runs, entries, stage / f"figures/{name}-spread.png"),
+             "Test metric and generalization gap", f"One dot per ok seed; black: mean and {CONFIDENCE:.0%} "
+             "t confidence interval. Generalization gap = test loss − train loss of the evaluated model."),
+            (figures.equivariance_figure(runs, stage / f"figures/{name}-equivariance.png"),
+             "Equivariance error", "Relative equivariance error mean_x max_g ||f(gx) − g f(x)|| / ||f(x)|| of "
+             "the evaluated model at initialisation and at the end (log axis), exact and approximate symmetries "
+             f"apart; values below {figures.EQUIV_FLOOR:g} (exact zeros included) sit on the dotted line."),
+        ]
+        sections.append({
+            "task": task, "anchor": f"task-{name}", "metric": meta["metric"] or "metric",
+            "unit": meta["metric_unit"] or "?", "lower_is_better": meta["lower_is_better"] in (None, True),
+            "entries": [_nan_to_none(e) for e in entries.to_dict("records")],
+            "runs": [{**_nan_to_none(r), "page": pages.get(r["run_dir"])} for r in runs.to_dict("records")],
+            "figures": [{"src": p.relative_to(stage).as_posix(), "title": t, "caption": c,
+                         **dict(zip(("width", "height"), _png_size(p)))} for p, t, c in made if p is not None],
+        })
+    return sections
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move the staged ``figures/`` and ``runs/`` over the old ones, then ``index.html`` (atomic renames)."""
+    for name in ("figures", "runs"):
+        old = out_dir / name
+        if old.exists():
+            os.replace(old, stage / f"old-{name}")
+        if (stage / name).exists():
+            os.replace(stage / name, old)
+    os.replace(stage / "index.html", out_dir / "index.html")
+
+
+def build_report(results_dir: str | Path, out_dir: str | Path, config: Mapping[str, Any] | None = None) -> Path:
+    """Render the site of ``results_dir`` (``results/<name>``) into ``out_dir`` (``reports/<name>``).
+
+    Args:
+        results_dir: a config's results folder with ``leaderboard.csv``, ``aggregates.csv`` and ``runs/``.
+        out_dir: the site's folder; ``index.html``, ``figures/`` and ``runs/`` in it are replaced.
+        config: the validated config (shown on the overview: name, description, full settings).
+
+    Returns:
+        The path of ``index.html``.
+    """
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    board, agg = read_tables(results_dir)
+    records = {r: read_record(results_dir / r / "record.json")
+               for r in board.loc[board["status"] != "missing", "run_dir"]}
+    histories = {r: _read_history(results_dir / r / "history.csv") for r in records}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
+    try:
+        env = _environment()
+        generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        pages = {}
+        (stage / "runs").mkdir()
+        for row in board.to_dict("records"):
+            if row["run_dir"] not in records:
+                continue
+            page = f"runs/{slug(row['task'], row['model'], row['method'], 'seed' + str(row['seed']))}.html"
+            pages[row["run_dir"]] = page
+            context = _run_context(_nan_to_none(row), records[row["run_dir"]], histories[row["run_dir"]])
+            (stage / page).write_text(env.get_template("run.html").render(
+                **context, root="../", generated=generated, title=f"{row['task']} / {row['model']} / "
+                f"{row['method']} / seed {row['seed']}"), encoding="utf-8")
+        counts = board["status"].value_counts().to_dict()
+        index = env.get_template("index.html").render(
+            root="", generated=generated, config=config or {}, title=f"relaxbench report: "
+            f"{(config or {}).get('name', results_dir.name)}",
+            config_json=json.dumps(config, indent=2, sort_keys=True, default=str) if config else None,
+            counts=counts, n_runs=len(board),
+            sections=_task_sections(board, agg, histories, pages, stage),
+            provenance=_provenance(board), methods=_methods_used(records),
+        )
+        (stage / "index.html").write_text(index, encoding="utf-8")
+        _publish(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir / "index.html"

@@ -1,0 +1,28 @@
+"""One `relaxbench data` job per task: generate (or convert) its data into the cache.
+
+The folder is keyed by the hash of the task's parameters and generator version (`data_key`), so changing a
+task's parameters writes a new folder and reruns that task's runs, and nothing else. `DONE.json` is written
+last by the task, so a killed job leaves no `DONE.json` and is simply rerun.
+"""
+
+
+rule data:
+    """Generate (or convert) one task's data into its cache folder."""
+    output:
+        done="results/{name}/data/{task}/{key}/DONE.json",
+    log:
+        "results/{name}/logs/data/{task}-{key}.log",
+    benchmark:
+        "results/{name}/benchmarks/data/{task}-{key}.tsv"
+    conda:
+        "../envs/relaxbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        config=config_path,
+        folder=lambda wildcards, output: parent(output.done),
+    shell:
+        "python -m relaxbench -v data --config {params.config:q} --task {wildcards.task} --out {params.folder:q}"
+        " > {log:q} 2>&1"

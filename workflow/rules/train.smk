@@ -1,0 +1,39 @@
+"""One `relaxbench train` job per run (task x model x method x seed).
+
+`params.config_hash` is the hash of everything the run depends on except its seed (`run_hash` of
+`resolve_run`): Snakemake's params trigger reruns a run exactly when its own settings change, so editing
+one model's entry reruns that model's runs and nothing else. `record.json` is written last, atomically; a
+diverged or failed run still writes its record (status `diverged` / `failed`) and exits 0, so it stays
+visible in the leaderboard instead of stopping the workflow. `--resume` continues a killed job from its last
+checkpoint when the config asks for checkpoints (`training.checkpoint_every`) and the checkpoint belongs to
+the same settings; otherwise the run starts over.
+"""
+
+
+rule train:
+    """Train one run (task x model x method x seed) and write its record."""
+    input:
+        data=data_done,
+    output:
+        record="results/{name}/runs/{task}/{model}/{method}/seed{seed}/record.json",
+        history="results/{name}/runs/{task}/{model}/{method}/seed{seed}/history.csv",
+    log:
+        "results/{name}/logs/train/{task}/{model}/{method}/seed{seed}.log",
+    benchmark:
+        "results/{name}/benchmarks/train/{task}/{model}/{method}/seed{seed}.tsv"
+    conda:
+        "../envs/relaxbench.yaml"
+    threads: CFG["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1 if CFG["device"] == "cuda" else 0,
+    params:
+        config=config_path,
+        config_hash=config_hash,
+        folder=lambda wildcards, output: parent(output.record),
+        data=lambda wildcards, input: parent(input.data),
+    shell:
+        "python -m relaxbench -v train --config {params.config:q} --task {wildcards.task} --model {wildcards.model}"
+        " --method {wildcards.method} --seed {wildcards.seed} --out {params.folder:q}"
+        " --data-dir {params.data:q} --threads {threads} --resume --quiet > {log:q} 2>&1"
