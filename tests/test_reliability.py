@@ -17,14 +17,22 @@ from relaxbench.train import train_run
 RUN = ["--task", "tetris", "--model", "tfn", "--method", "relaxed", "--seed", "0", "--quiet"]
 
 
-def long_config(tiny_config):
+def long_config(tiny_config, tmp_path):
+    """A 40-epoch run that checkpoints every epoch; returns the config and the path of its YAML file."""
     tiny_config["training"].update(epochs=40, checkpoint_every=1)
-    return tiny_config
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    return tiny_config, path
 
 
-def start(cfg_path, out, *extra):
-    cmd = [sys.executable, "-m", "relaxbench", "train", "--config", str(cfg_path), *RUN, "--out", str(out), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def command(cfg_path, out, data, *extra):
+    return [sys.executable, "-m", "relaxbench", "train", "--config", str(cfg_path), *RUN, "--out", str(out),
+            "--data-dir", str(data), *extra]
+
+
+def start(cfg_path, out, data):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command(cfg_path, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
 def kill_when(proc, path, timeout=120.0):
@@ -40,17 +48,13 @@ def kill_when(proc, path, timeout=120.0):
 
 @pytest.mark.slow
 def test_killed_run_leaves_no_record_and_resumes_to_the_same_result(tmp_path, tiny_config):
-    cfg = long_config(tiny_config)
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    data = tmp_path / "data"
-    out = tmp_path / "killed"
-    proc = start(cfg_path, out, "--data-dir", str(data))
+    cfg, cfg_path = long_config(tiny_config, tmp_path)
+    data, out = tmp_path / "data", tmp_path / "killed"
+    proc = start(cfg_path, out, data)
     kill_when(proc, out / "checkpoint.pt")
     assert not (out / "record.json").exists()
 
-    subprocess.run([sys.executable, "-m", "relaxbench", "train", "--config", str(cfg_path), *RUN, "--out", str(out),
-                    "--data-dir", str(data), "--resume"], check=True, capture_output=True)
+    subprocess.run(command(cfg_path, out, data, "--resume"), check=True, capture_output=True)
     resumed = read_record(out / "record.json")
     assert resumed.status == "ok" and resumed.resumed and resumed.epochs_run == 40
     assert not (out / "checkpoint.pt").exists()
@@ -64,22 +68,18 @@ def test_killed_run_leaves_no_record_and_resumes_to_the_same_result(tmp_path, ti
 
 @pytest.mark.slow
 def test_finished_record_survives_a_killed_rerun(tmp_path, tiny_config):
-    cfg = long_config(tiny_config)
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "run"
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, "-m", "relaxbench", "train", "--config", str(cfg_path), *RUN, "--out", str(out),
-                    "--data-dir", str(data)], check=True, capture_output=True)
+    _, cfg_path = long_config(tiny_config, tmp_path)
+    out, data = tmp_path / "run", tmp_path / "data"
+    subprocess.run(command(cfg_path, out, data), check=True, capture_output=True)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    proc = start(cfg_path, out, "--data-dir", str(data))
+    proc = start(cfg_path, out, data)
     kill_when(proc, out / "checkpoint.pt")
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "checkpoint.pt"}
     assert before == after
 
 
 def test_checkpoint_of_another_configuration_is_ignored(tmp_path, tiny_config):
-    cfg = long_config(tiny_config)
+    cfg, _ = long_config(tiny_config, tmp_path)
     cfg["training"]["epochs"] = 3
     resolved = resolve_run(validate_config(cfg), RunSpec("tetris", "tfn", "relaxed", 0))
     out = tmp_path / "run"

@@ -10,7 +10,9 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from relaxbench import registry
 from relaxbench.config import ConfigError, SCHEMA_PATH, expand_runs, load_config, validate_config
+from relaxbench.methods import METHODS
 from tests.workflow.helpers import REPO, job_counts, load, planned_jobs, snakemake, write_config
 
 WORKFLOW_SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -79,17 +81,20 @@ def test_dry_run_of_the_default_config_with_the_local_profile(tmp_path):
     assert "results/default/leaderboard.csv" in out.stdout and "reports/default" in out.stdout
 
 
-def test_dry_run_of_the_smoke_config_lists_every_method_once(tmp_path):
+def test_dry_run_of_the_smoke_config_covers_every_family_and_method(tmp_path):
     out = snakemake("-n", "-p", "--configfile", "configs/smoke.yaml", workdir=tmp_path)
     trains = [w for rule, w in planned_jobs(out.stdout) if rule == "train"]
-    methods = sorted(w["method"] for w in trains)
-    assert methods == sorted(["equivariant", "relaxed", "relaxed_no_schedule", "relaxed_no_lie", "relaxed_no_reg",
-                              "rpp", "unconstrained"])
+    cfg = load_config(REPO / "configs/smoke.yaml")
+    assert sorted((w["task"], w["model"], w["method"], int(w["seed"])) for w in trains) == [
+        (r.task, r.model, r.method, r.seed) for r in expand_runs(cfg)]
+    assert {w["method"] for w in trains} == set(METHODS)
+    families = {registry.get_model(m["arch"]).family for m in cfg["models"].values()}
+    assert {"gnn", "steerable_cnn", "se3_transformer", "vector_neurons"} <= families
     assert {w["seed"] for w in trains} == {"0"}
     # the jobs get the config file, their own folders and the config's threads
     assert re.search(r"python -m relaxbench -v train --config \S*configs/smoke\.yaml --task tetris --model tfn "
                      r"--method rpp --seed 0 --out results/smoke/runs/tetris/tfn/rpp/seed0 "
-                     r"--data-dir results/smoke/data/tetris/[0-9a-f]{16} --threads 1 --quiet", out.stdout)
+                     r"--data-dir results/smoke/data/tetris/[0-9a-f]{16} --threads 1 --resume --quiet", out.stdout)
 
 
 def test_dry_run_of_the_paper_config_on_the_slurm_profile(tmp_path):
