@@ -21,7 +21,7 @@ import torch
 
 from relaxbench import registry
 from relaxbench.methods import get_method
-from relaxbench.relax import set_theta
+from relaxbench.relax import free_parameters, set_theta
 from relaxbench.train import regulariser
 
 # (task, task params, model, model params, batch size): each family at its CPU-scale default (the batch size of
@@ -87,8 +87,10 @@ def time_case(name: str, rounds: int, steps: int) -> dict[str, float]:
                 step()
             times[key].append((time.process_time() - t0) / steps)
     ratio = lambda key: statistics.median(a / b for a, b in zip(times[key], times["plain"]))  # noqa: E731
+    n_plain = sum(p.numel() for p in plain.parameters())
     return {
         "plain_ms": 1e3 * statistics.median(times["plain"]),
+        "free_over_plain_params": sum(p.numel() for p in free_parameters(relaxed)) / n_plain,
         "relaxed_over_plain": ratio("relaxed"),
         "theta0_over_plain": ratio("theta0"),
     }
@@ -104,10 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     print(f"# {' '.join(['python', *sys.argv])}")
     print(f"# torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps")
-    print(f"{'case':<34}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}")
+    print(f"{'case':<34}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}")
     for name in args.cases:
         r = time_case(name, args.rounds, args.steps)
-        print(f"{name:<34}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}")
+        print(f"{name:<34}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}{r['free_over_plain_params']:>12.2f}x")
 
 
 if __name__ == "__main__":

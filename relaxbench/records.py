@@ -47,7 +47,8 @@ class RunRecord:
 
     Metrics of the *evaluated* model (projected to theta = 0 unless the method keeps its free branch) are
     dicts ``{metric_name: value}``, with ``"loss"`` among them; names carry their units (e.g. ``mse_pos``,
-    ``accuracy``, ``energy_mae_kcal_mol``). Equivariance errors are relative (dimensionless).
+    ``accuracy``, ``energy_mae_kcal_mol``). Equivariance errors are relative (dimensionless). ``exported``
+    says whether the metrics came from the model's plain-torch export (``export_for_eval``).
     """
 
     task: str
@@ -86,6 +87,7 @@ class RunRecord:
     eval_time_s: float | None = None
     peak_memory_mb: float | None = None
     resumed: bool = False
+    exported: bool = False
     device: str = "cpu"
     threads: int = 1
     versions: dict[str, str] = field(default_factory=dict)

@@ -5,7 +5,9 @@ Built-ins follow one convention, so adding one edits no central table:
 - task ``NAME`` is the class ``TASK`` in module ``relaxbench.tasks.NAME``;
 - model ``NAME`` is the function ``build(spec, relaxed=False, **params) -> nn.Module`` in module
   ``relaxbench.models.NAME``, which also sets ``FAMILY`` (a string) and may define
-  ``build_unconstrained(spec, **params)`` (a non-equivariant model of similar size).
+  ``build_unconstrained(spec, **params)`` (a non-equivariant model of similar size). A built model may offer
+  ``export_for_eval() -> nn.Module``, a faster module computing the same function, which the trainer then
+  uses for the final evaluation.
 
 A user model is a config entry ``arch: "package.module:function"`` with the same signature as ``build``,
 plus ``family:``; only modules named in the config are imported.

@@ -121,6 +121,14 @@ def lr_at(epoch: int, cfg: Mapping[str, Any]) -> float:
     return base
 
 
+def exported_for_eval(model: nn.Module) -> nn.Module:
+    """The module that evaluates ``model`` as it stands: the model's own ``export_for_eval()`` where it has one
+    (e.g. escnn's export of a projected steerable CNN to plain torch modules, which computes the same function
+    faster), else the model itself."""
+    export = getattr(model, "export_for_eval", None)
+    return export() if callable(export) else model
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("relaxbench", "torch", "e3nn", "escnn", "numpy", "scipy"):
@@ -354,8 +362,10 @@ def train_run(
         eval_theta = trainer.method.eval_theta(best_theta)
         set_theta(trainer.model, eval_theta)
         bs = trainer.cfg["eval_batch_size"]
+        evaluated = exported_for_eval(trainer.model)
+        record.exported = evaluated is not trainer.model
         for split in ("train", "val", "test"):
-            setattr(record, split, evaluate(trainer.model, task, splits[split], bs, device))
+            setattr(record, split, evaluate(evaluated, task, splits[split], bs, device))
         record.gen_gap = record.test["loss"] - record.train["loss"]
         t_eval = time.perf_counter()
         final = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed)

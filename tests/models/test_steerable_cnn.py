@@ -279,6 +279,7 @@ def test_two_epoch_training_run_writes_an_ok_record(tmp_path):
     saved = read_record(tmp_path / "run" / "record.json")
     assert saved.status == "ok" and saved.family == "steerable_cnn" and saved.params_free > 0
     assert saved.equiv_final_exact < TOL32 and 0.0 <= saved.test["error_rate"] <= 1.0
+    assert saved.exported  # projected C_N model: metrics from escnn's plain-torch export
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     relaxed_epoch = history[history.theta > 0].iloc[0]
     assert relaxed_epoch.lie > 0 and relaxed_epoch.norm > 0
