@@ -36,7 +36,7 @@ CASES = {
     "nbody:segnn": ("nbody", NBODY, "segnn", {}, 100),
     "nbody:segnn(paper)": ("nbody", NBODY, "segnn", {"hidden": 64, "layers": 4, "l_max": 1}, 100),
     "rotdigits:steerable_cnn": ("rotdigits", DIGITS, "steerable_cnn", {}, 32),
-    "rotdigits:steerable_cnn(pen16)": ("rotdigits", DIGITS, "steerable_cnn", {"penalty_examples": 8}, 32),
+    "rotdigits:steerable_cnn(pen8)": ("rotdigits", DIGITS, "steerable_cnn", {"penalty_examples": 8}, 32),
     "md:se3_transformer": ("md", TINY_MD, "se3_transformer", {}, 16),
     "md:se3_transformer(finite)": ("md", TINY_MD, "se3_transformer", {"lie_mode": "finite"}, 16),
     "shapes:vn_pointnet": ("shapes", SHAPES, "vn_pointnet", {"k": 10}, 24),
