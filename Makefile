@@ -1,33 +1,29 @@
 # relaxbench: the two commands of the README, and a few helpers.
 #   make reproduce   set up, then run the default CPU-scale reproduction (snakemake) -> reports/default/index.html
 #   make test        set up, then run the whole test suite
+# Every target first runs scripts/setup.sh (builds the cached venv once; stops here if that fails).
 SHELL := /bin/bash
-VENV = $(shell ./scripts/setup.sh)
 CORES ?= all
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
+ENV = venv="$$(./scripts/setup.sh)" || exit 1; export PATH="$$venv/bin:$$PATH";
 
 .PHONY: setup reproduce test test-fast bench lint
 
 setup:
-	@echo "venv: $(VENV)"
+	@$(ENV) echo "venv: $$venv"
 
 reproduce:
-	@venv="$(VENV)"; export PATH="$$venv/bin:$$PATH"; \
-	snakemake --cores $(CORES) --configfile $(CONFIG) --workflow-profile workflow/profiles/default
+	@$(ENV) snakemake --cores $(CORES) --configfile $(CONFIG) --workflow-profile workflow/profiles/default
 
 test:
-	@venv="$(VENV)"; export PATH="$$venv/bin:$$PATH"; \
-	python -m pytest $(PYTEST_ARGS)
+	@$(ENV) python -m pytest $(PYTEST_ARGS)
 
 test-fast:
-	@venv="$(VENV)"; export PATH="$$venv/bin:$$PATH"; \
-	python -m pytest -m "not slow" $(PYTEST_ARGS)
+	@$(ENV) python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench:
-	@venv="$(VENV)"; export PATH="$$venv/bin:$$PATH"; \
-	for b in benchmarks/bench_*.py; do python $$b || exit 1; done
+	@$(ENV) for b in bench_step_time bench_data bench_cnn_export bench_vn_penalty; do python benchmarks/$$b.py || exit 1; done
 
 lint:
-	@venv="$(VENV)"; export PATH="$$venv/bin:$$PATH"; \
-	snakemake --lint --configfile configs/smoke.yaml
+	@$(ENV) snakemake --lint --configfile configs/smoke.yaml
