@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from relaxbench import registry
+from relaxbench.config import run_hash
 from relaxbench.methods import Method, get_method
 from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
 from relaxbench.relax import free_parameters, relaxation_penalty, set_theta
@@ -286,8 +287,6 @@ class _Trainer:
 
 
 def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRecord:
-    from relaxbench.config import run_hash
-
     return RunRecord(
         task=resolved["task"], model=resolved["model"], arch=resolved["arch"],
         family=resolved.get("family") or registry.get_model(resolved["arch"], resolved.get("family")).family,

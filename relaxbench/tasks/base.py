@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from relaxbench.records import atomic_write_text
 from relaxbench.symmetry import GroupElement
 
 __all__ = ["Batch", "Metric", "Split", "Task", "TaskError"]
@@ -107,8 +108,6 @@ class Task(abc.ABC):
 
     def mark_prepared(self, info: Mapping[str, Any]) -> None:
         """Write ``DONE.json`` (parameters and facts about the data) last, atomically."""
-        from relaxbench.records import atomic_write_text
-
         payload = {"task": self.name, "generator_version": self.generator_version, "params": self.params}
         atomic_write_text(self.data_dir / "DONE.json", json.dumps({**payload, **info}, indent=2))
 
