@@ -28,6 +28,15 @@ weight space at the cost of one convolution: ``||W(g x) - g W(x)|| = ||(g^-1 W g
 ``g^-1 W g`` is again a convolution, with kernel ``K_g(q) = rho_out(g)^-1 K(g q) rho_in(g)``; the norm term
 ``||W x||^2`` shares the same convolution call. Otherwise the generic
 :func:`relaxbench.relax.lie.lie_derivative_sq` is used.
+
+**Probed penalty.** That convolution has ``(G + 1) C_out`` output channels (``G`` generators), and with its
+kernel gradient it costs about twice the layer's own forward and backward convolutions. With
+``penalty_probes = m`` each of the ``G + 1`` kernels ``D [C_out, C_in, k, k]`` is replaced by ``m`` random
+combinations of its output channels, ``z_j^T D`` with Rademacher ``z_j in {-1, 1}^C_out`` scaled by
+``1 / sqrt(m)``. Since ``E[(z^T v)^2] = ||v||^2`` for every output vector ``v = D x(p)``, the probed sums are
+unbiased estimates of both terms (before the square root), exactly zero when ``D`` is, at ``m / C_out`` of
+the cost (Hutchinson's trace estimator applied to ``tr(D S D^T)``). Probes are drawn from torch's global
+generator, which the trainer seeds and checkpoints.
 """
 
 from __future__ import annotations
@@ -160,7 +169,9 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         init_std: standard deviation of the free kernel at initialisation (0: a zero free map).
         penalty_examples: evaluate the penalty on only the first ``n`` examples of each batch (``None``: all).
             Both terms are batch means, so a subset is an unbiased estimate of them (before the square root)
-            at a fraction of the cost; the default keeps the paper's full-batch penalty.
+            at a fraction of the cost.
+        penalty_probes: estimate each penalty term with ``m`` random output-channel probes (module docstring;
+            ``None``: the exact sums over all output channels). Weight-space penalty only.
 
     The free map ``W`` is a bias-free ``Conv2d(in_type.size -> out_type.size)``, so the Lie term sees all
     of it. The group action (:attr:`action`) and the penalty work on raw tensors ``[B, C, H, W]``. For
@@ -169,7 +180,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
     """
 
     def __init__(self, conv: enn.R2Conv, generators: Generators = "grid", init_std: float = 1e-4,
-                 penalty_examples: int | None = None) -> None:
+                 penalty_examples: int | None = None, penalty_probes: int | None = None) -> None:
         if conv.padding_mode != "zeros" or conv.groups != 1:
             raise ValueError("RelaxedR2Conv needs an R2Conv with zero padding and groups=1")
         c_in, c_out = conv.in_type.size, conv.out_type.size
@@ -190,8 +201,14 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         if penalty_examples is not None and penalty_examples < 1:
             raise ValueError(f"penalty_examples must be None or >= 1, got {penalty_examples}")
         self.penalty_examples = penalty_examples
+        if penalty_probes is not None and penalty_probes < 1:
+            raise ValueError(f"penalty_probes must be None or >= 1, got {penalty_probes}")
+        self.penalty_probes = penalty_probes
         gspace = conv.in_type.gspace
         self.weight_space = all(is_grid_exact(gspace, g) for g in elements)
+        if penalty_probes is not None and not self.weight_space:
+            raise ValueError("penalty_probes needs the weight-space penalty (generators='grid'); "
+                             "set penalty_probes to null for these generators")
         if self.weight_space:
             # K_g(q) = rho_out(g)^-1 K(g q) rho_in(g): kernel-space conjugation by each generator
             rho_in = torch.stack([fibre_matrix(conv.in_type, g) for g in elements])
@@ -217,29 +234,48 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         out = F.conv2d(x.tensor, weight, bias, conv.stride, conv.padding, conv.dilation)
         return enn.GeometricTensor(out, self.out_type)
 
-    def conjugated_kernels(self) -> Tensor:
-        """``[G, C_out, C_in, k, k]``: the free kernel conjugated by each generator, ``g^-1 W g``."""
+    def _probes(self, rows: int) -> Tensor:
+        """``[G + 1, R, C_out]`` row selectors for the ``G`` Lie kernels and the norm kernel: the identity
+        (``R = C_out``, exact sums) or ``R = m`` Rademacher probes scaled by ``1 / sqrt(m)``."""
         weight = self.free.weight
-        k = weight.shape[-1]
-        rotated = weight.flatten(-2)[..., self.kernel_index].unflatten(-1, (k, k))  # [C_out, C_in, G, k, k]
-        rotated = rotated.permute(2, 0, 1, 3, 4)
-        return torch.einsum("goc,gcikl,gij->gojkl", self.rho_out_inv.to(weight), rotated, self.rho_in.to(weight))
+        if self.penalty_probes is None:
+            eye = torch.eye(rows, dtype=weight.dtype, device=weight.device)
+            return eye.expand(len(self.kernel_index) + 1, rows, rows)
+        m = self.penalty_probes
+        signs = torch.randint(0, 2, (len(self.kernel_index) + 1, m, rows), dtype=torch.int8) * 2 - 1
+        return signs.to(weight) / m**0.5
+
+    def lie_kernels(self, probes: Tensor) -> Tensor:
+        """``[G, R, C_in, k, k]``: ``probes[g] (g^-1 W g - W)`` for each generator ``g``, with ``probes [G, R,
+        C_out]`` acting on the output channels (the identity gives the kernel differences themselves).
+
+        ``g^-1 W g`` has kernel ``K_g(q) = rho_out(g)^-1 K(g q) rho_in(g)``; the probes multiply
+        ``rho_out(g)^-1`` first, so a few probes never pay for a ``[C_out, C_out]`` product with the kernel.
+        """
+        weight = self.free.weight
+        rows = probes @ self.rho_out_inv.to(weight)  # [G, R, C_out]
+        moved = torch.einsum("gro,oiq->griq", rows, weight.flatten(-2))  # rows of K, still at q
+        index = self.kernel_index[:, None, None, :].expand(*moved.shape[:-1], -1)
+        moved = moved.gather(-1, index).view(*moved.shape[:-1], *weight.shape[-2:])  # at g q
+        conjugated = torch.einsum("grikl,gij->grjkl", moved, self.rho_in.to(weight))
+        return conjugated - torch.einsum("gro,oikl->grikl", probes, weight)
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
         if not self.weight_space or self._last_input is None:
             return super().penalty_terms(lie, norm)
         x, weight = self._last_input, self.free.weight
         zero = weight.new_zeros(())
+        if not (lie or norm):
+            return zero, zero
+        probes = self._probes(weight.shape[0])
         kernels = []
         if lie:
-            kernels.append((self.conjugated_kernels() - weight).flatten(0, 1))
+            kernels.append(self.lie_kernels(probes[:-1]).flatten(0, 1))
         if norm:
-            kernels.append(weight)
-        if not kernels:
-            return zero, zero
+            kernels.append(torch.einsum("ro,oikl->rikl", probes[-1], weight) if self.penalty_probes else weight)
         conv = self.free
         out = F.conv2d(x, torch.cat(kernels), None, conv.stride, conv.padding, conv.dilation)
-        per_kernel = out.pow(2).sum((0, 2, 3)).view(-1, weight.shape[0]).sum(1) / x.shape[0]
+        per_kernel = out.pow(2).sum((0, 2, 3)).view(-1, probes.shape[1]).sum(1) / x.shape[0]
         ld = per_kernel[: len(self.kernel_index)].sum() if lie else zero
         return ld, per_kernel[-1] if norm else zero
 
@@ -261,6 +297,7 @@ def relaxed_r2conv(
     generators: Generators = "grid",
     init_std: float = 1e-4,
     penalty_examples: int | None = None,
+    penalty_probes: int | None = None,
     **conv_kwargs,
 ) -> enn.EquivariantModule:
     """An ``R2Conv(in_type -> out_type, kernel_size, **conv_kwargs)``, relaxed when ``relaxed`` is true
@@ -271,5 +308,5 @@ def relaxed_r2conv(
     silently change every other model built from that basis.
     """
     conv = enn.R2Conv(in_type, out_type, kernel_size, **{"recompute": True, **conv_kwargs})
-    return RelaxedR2Conv(conv, generators, init_std, penalty_examples) if relaxed else conv
+    return RelaxedR2Conv(conv, generators, init_std, penalty_examples, penalty_probes) if relaxed else conv
 
