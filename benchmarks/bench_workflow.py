@@ -7,7 +7,8 @@ cached between them), then reads Snakemake's per-job benchmark files and the run
 - overhead = wall time at ``--cores 1`` minus the sum of the training jobs' times, as a share of the wall time
   (it contains Snakemake itself, the data jobs, collect and report);
 - the equivariance-error evaluation's cost relative to one training epoch (``eval_time_s`` of the record
-  against the mean ``train_seconds`` of its history);
+  against the mean ``train_seconds`` of its history), as the median per model and over models (a model with
+  many methods, such as the ablations' tfn, would otherwise dominate a median over runs);
 - peak resident memory per training job (Snakemake's ``max_rss``).
 
     python benchmarks/bench_workflow.py --config configs/smoke.yaml --cores 1 2
@@ -79,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     train = jobs["job_s"].sum()
     print(f"--cores {low}: training jobs {train:.1f} s of {walls[low]:.1f} s wall; "
           f"everything else (Snakemake, data, collect, report) {100 * (walls[low] - train) / walls[low]:.1f}%")
-    print(f"equivariance-error evaluation / one training epoch: median {jobs['eval_over_epoch'].median():.3f}, "
-          f"max {jobs['eval_over_epoch'].max():.3f}")
+    per_model = jobs.assign(model=jobs["run"].str.split("/").str[1]).groupby("model")["eval_over_epoch"].median()
+    print(f"equivariance-error evaluation / one training epoch: median over models {per_model.median():.3f} "
+          f"(per model: {', '.join(f'{m} {v:.3f}' for m, v in per_model.items())}); over runs: median "
+          f"{jobs['eval_over_epoch'].median():.3f}, max {jobs['eval_over_epoch'].max():.3f}")
     print(f"peak RSS per training job: median {jobs['max_rss_mb'].median():.0f} MB, max {jobs['max_rss_mb'].max():.0f} MB")
     print(jobs.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 

@@ -11,9 +11,9 @@ the two are reported apart (``exact`` and ``approx``); for point data every rota
 
 from __future__ import annotations
 
-import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,22 @@ def flatten_output(output: Output) -> Tensor:
     return torch.cat([output[k].reshape(output[k].shape[0], -1) for k in sorted(output)], dim=1)
 
 
+def _concat(batches: Sequence[Batch]) -> dict[str, Tensor]:
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+
+def _rows(output: Output, start: int, stop: int) -> Output:
+    if isinstance(output, Tensor):
+        return output[start:stop]
+    return {k: v[start:stop] for k, v in output.items()}
+
+
+def _cat_outputs(outputs: Sequence[Output]) -> Output:
+    if isinstance(outputs[0], Tensor):
+        return torch.cat(list(outputs))
+    return {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
+
+
 def equivariance_error(
     f: Callable[[Batch], Output],
     batch: Batch,
@@ -84,8 +100,14 @@ def equivariance_error(
     act: Callable[[GroupElement, Batch], Batch],
     act_output: Callable[[GroupElement, Output], Output],
     dtype: torch.dtype = torch.float64,
+    max_batch: int | None = None,
 ) -> EquivarianceError:
     """``mean_x max_g ||f(g x) - g f(x)|| / ||f(x)||`` for exact and approximate elements separately.
+
+    ``x`` and all its transforms ``g x`` are stacked into one batch of ``(1 + len(elements)) B`` examples and
+    ``f`` is called on it once (or on chunks of at most ``max_batch`` examples), so a small model pays its
+    per-call overhead once, not once per element. ``f`` must treat examples independently (as every model in
+    eval mode does).
 
     Args:
         f: the function under test, batch dict -> output (tensor ``[B, ...]`` or dict of tensors).
@@ -93,13 +115,19 @@ def equivariance_error(
         elements: the sampled group elements.
         act: the group's action on inputs; ``act_output``: on outputs.
         dtype: reported dtype label (the caller is responsible for casting ``f`` and ``batch``).
+        max_batch: most examples per call of ``f`` (``None``: all in one call).
     """
-    fx = f(batch)
+    n = next(iter(batch.values())).shape[0]
+    stacked = _concat([batch, *(act(g, batch) for g in elements)])
+    total = (1 + len(elements)) * n
+    step = total if max_batch is None else max(1, max_batch)
+    out = _cat_outputs([f(_rows(stacked, i, i + step)) for i in range(0, total, step)])
+    fx = _rows(out, 0, n)
     fx_flat = flatten_output(fx)
     scale = fx_flat.norm(dim=1).clamp_min(torch.finfo(fx_flat.dtype).tiny)
     worst: dict[bool, Tensor] = {}
-    for g in elements:
-        lhs = flatten_output(f(act(g, batch)))
+    for i, g in enumerate(elements, start=1):
+        lhs = flatten_output(_rows(out, i * n, (i + 1) * n))
         rhs = flatten_output(act_output(g, fx))
         rel = (lhs - rhs).norm(dim=1) / scale
         worst[g.exact] = torch.maximum(worst[g.exact], rel) if g.exact in worst else rel
@@ -111,13 +139,39 @@ def equivariance_error(
         exact=summary(True),
         approx=summary(False),
         dtype=str(dtype).replace("torch.", ""),
-        n_examples=int(fx_flat.shape[0]),
+        n_examples=n,
         n_elements=len(elements),
     )
 
 
 def _cast(batch: Batch, dtype: torch.dtype) -> dict[str, Tensor]:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+
+
+@contextmanager
+def _cast_in_place(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Within the block, ``model``'s floating parameters and buffers are ``dtype`` copies; afterwards the
+    original tensor objects are back in place (so optimisers and tied weights are untouched).
+
+    Works on every module's own parameter and buffer tables, once per module and once per tensor: a module or
+    tensor shared between two places gets a single copy, and the restore cannot confuse the two (as
+    ``torch.func.functional_call`` does for tied weights).
+    """
+    saved: list[tuple[dict, str, Tensor]] = []
+    copies: dict[int, Tensor] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for key, tensor in table.items():
+                if tensor is not None and tensor.is_floating_point():
+                    if id(tensor) not in copies:
+                        copies[id(tensor)] = tensor.detach().to(dtype)
+                    saved.append((table, key, tensor))
+                    table[key] = copies[id(tensor)]
+    try:
+        yield
+    finally:
+        for table, key, tensor in reversed(saved):
+            table[key] = tensor
 
 
 def model_equivariance_error(
@@ -127,28 +181,37 @@ def model_equivariance_error(
     n_elements: int,
     seed: int,
     dtype: torch.dtype = torch.float64,
+    max_batch: int | None = None,
 ) -> EquivarianceError:
-    """The metric for a trained model on a task, on a copy of the model cast to ``dtype`` (eval mode).
+    """The metric for a trained model on a task, evaluated in ``dtype`` with the model in eval mode.
 
-    Falls back to float32 if the model cannot run in float64; the returned ``dtype`` says which was used.
-    Group elements come from ``task.sample_group(n_elements, generator)`` with a generator seeded by ``seed``.
+    The model is not copied (deep-copying e3nn models costs more than the metric): its parameters and
+    buffers are swapped for ``dtype`` copies for the duration of the call, and its tensors and train/eval mode
+    are restored afterwards. Falls back to float32 if the model cannot run in
+    float64; the returned ``dtype`` says which was used. Group elements come from
+    ``task.sample_group(n_elements, generator)`` with a generator seeded by ``seed``; ``max_batch`` bounds the
+    examples per forward call (see :func:`equivariance_error`).
     """
     generator = torch.Generator().manual_seed(seed)
     elements = task.sample_group(n_elements, generator)
-    for trial_dtype in (dtype, torch.float32) if dtype != torch.float32 else (torch.float32,):
-        try:
-            probe = copy.deepcopy(model).to(trial_dtype).eval()
-            cast_batch = _cast(batch, trial_dtype)
-            with torch.enable_grad() if getattr(task, "needs_grad", False) else torch.no_grad():
-                return equivariance_error(
-                    lambda b: task.predict(probe, b),
-                    cast_batch,
-                    elements,
-                    task.act,
-                    task.act_output,
-                    trial_dtype,
-                )
-        except (RuntimeError, TypeError) as err:  # a model that cannot run in float64
-            last = err
-    raise RuntimeError(f"equivariance error could not be evaluated: {last}")
-
+    was_training = model.training
+    model.eval()  # before the copies: escnn caches its expanded filters as buffers in eval mode
+    try:
+        for trial_dtype in (dtype, torch.float32) if dtype != torch.float32 else (torch.float32,):
+            try:
+                with _cast_in_place(model, trial_dtype):
+                    with torch.enable_grad() if getattr(task, "needs_grad", False) else torch.no_grad():
+                        return equivariance_error(
+                            lambda b: task.predict(model, b),
+                            _cast(batch, trial_dtype),
+                            elements,
+                            task.act,
+                            task.act_output,
+                            trial_dtype,
+                            max_batch,
+                        )
+            except (RuntimeError, TypeError) as err:  # a model that cannot run in float64
+                last = err
+        raise RuntimeError(f"equivariance error could not be evaluated: {last}")
+    finally:
+        model.train(was_training)

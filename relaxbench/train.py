@@ -329,7 +329,9 @@ def train_run(
     eq_batch = {k: v.to(device) for k, v in eq_batch.items()}
     n_elements, eq_seed = trainer.cfg["equivariance_samples"], 10_000 + int(resolved["seed"])
     set_theta(trainer.model, trainer.method.eval_theta(trainer.schedule(0)))
-    init_err = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed)
+    eq_options = {"dtype": getattr(torch, trainer.cfg["equivariance_dtype"]),
+                  "max_batch": trainer.cfg["eval_batch_size"]}
+    init_err = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed, **eq_options)
     record.equiv_init_exact, record.equiv_init_approx = init_err.exact, init_err.approx
 
     checkpoint = run_dir / "checkpoint.pt"
@@ -367,7 +369,7 @@ def train_run(
             setattr(record, split, evaluate(evaluated, task, splits[split], bs, device))
         record.gen_gap = record.test["loss"] - record.train["loss"]
         t_eval = time.perf_counter()
-        final = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed)
+        final = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed, **eq_options)
         record.eval_time_s = time.perf_counter() - t_eval
         record.equiv_final_exact, record.equiv_final_approx = final.exact, final.approx
         record.equiv_dtype = final.dtype

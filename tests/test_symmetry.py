@@ -72,3 +72,59 @@ def test_exact_and_approximate_elements_are_reported_apart():
 def test_flatten_output_orders_dict_keys():
     out = flatten_output({"b": torch.ones(2, 1), "a": torch.zeros(2, 2)})
     assert out.tolist() == [[0, 0, 1], [0, 0, 1]]
+
+
+class TiedMLP(FlatMLP):
+    """FlatMLP with a shared submodule and a tied weight, and a float buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.again = nn.Sequential(self.net[2])
+        self.head = nn.Linear(8, 8)
+        self.tail = nn.Linear(8, 8)
+        self.tail.weight = self.head.weight
+        self.register_buffer("scale", torch.tensor(0.5))
+
+    def forward(self, batch):
+        return self.tail(self.head(super().forward(batch))) * self.scale
+
+
+def test_metric_leaves_the_model_as_it_was(task):
+    torch.manual_seed(0)
+    model = TiedMLP().train()
+    def tensors():
+        return dict([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
+
+    before = {name: (t, t.detach().clone()) for name, t in tensors().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    err = model_equivariance_error(model, task, task.load_splits()["test"].head(8), n_elements=3, seed=0)
+    assert err.dtype == "float64" and err.exact > 0.05
+    assert model.training
+    assert model.tail.weight is model.head.weight and model.again[0] is model.net[2]
+    after = tensors()
+    assert after.keys() == before.keys()
+    for name, (original, value) in before.items():
+        assert after[name] is original and torch.equal(original, value) and original.dtype == torch.float32, name
+    model(task.load_splits()["train"].head(2)).sum().backward()  # still trains as float32
+    optimizer.step()
+
+
+def test_batched_metric_equals_one_call_per_element(task):
+    torch.manual_seed(0)
+    model = FlatMLP().double().eval()
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in task.load_splits()["test"].head(6).items()}
+    elements = task.sample_group(5, torch.Generator().manual_seed(1))
+    calls = []
+
+    def f(b):
+        calls.append(len(b["pos"]))
+        return model(b)
+
+    whole = equivariance_error(f, batch, elements, task.act, task.act_output)
+    chunked = equivariance_error(f, batch, elements, task.act, task.act_output, max_batch=4)
+    assert calls == [36, 4, 4, 4, 4, 4, 4, 4, 4, 4]
+    fx = model(batch)
+    expected = torch.stack([(model(task.act(g, batch)) - task.act_output(g, fx)).norm(dim=1) / fx.norm(dim=1)
+                            for g in elements]).amax(0).mean()
+    assert whole.exact == pytest.approx(float(expected), rel=1e-12)
+    assert chunked.exact == pytest.approx(float(expected), rel=1e-12)

@@ -127,11 +127,15 @@ class RelaxedVNLinear(RelaxedLayer):
                          make_lie_action(gens, gens, dim_in=2, dim_out=2))
         self.register_buffer("gens", gens, persistent=False)
         self._moments: tuple[Tensor, Tensor, int] | None = None
-        self._moment_source: RelaxedVNLinear | None = None
+        object.__setattr__(self, "_moment_source", None)
 
     def share_moments(self, source: RelaxedVNLinear) -> None:
-        """Reuse ``source``'s input statistics whenever both layers last saw the same tensor."""
-        self._moment_source = source
+        """Reuse ``source``'s input statistics whenever both layers last saw the same tensor.
+
+        ``source`` is kept as a plain reference, not registered as a submodule: its parameters must appear
+        once in the model (state dict, optimiser, ``functional_call``), under its own name.
+        """
+        object.__setattr__(self, "_moment_source", source)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.theta != 0.0 and self.training and self.record_input:
