@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from relaxbench.relax.dense import second_moment_penalty
 from relaxbench.relax.lie import make_lie_action
 from relaxbench.relax.relaxed import RelaxedLayer
 
@@ -113,8 +114,9 @@ class RelaxedVNLinear(RelaxedLayer):
     - Penalties (:meth:`penalty_terms`) from the input's second moment ``S = sum_points x x^T``
       (``[3 C_in, 3 C_in]``): ``ld = sum_a tr(L_a S L_a^T) / B`` with the Lie derivative
       ``L_a = W_free kron(I, L_a) - kron(I, L_a) W_free`` (bias excluded), ``norm = ||W_free x + b||^2 / B``.
-      The generators are applied to the 3x3 blocks of ``W_free`` (never as dense matrices), and ``L_1..3``
-      and ``W_free`` share one ``[4 * 3 C_out, 3 C_in] @ S`` product.
+      The generators are applied to the 3x3 blocks of ``W_free`` (never as dense matrices); the quadratic
+      forms are :func:`relaxbench.relax.dense.second_moment_penalty` (one ``[4 * 3 C_out, 3 C_in] @ S``
+      product, shared with the gradient).
 
     ``share_moments(other)`` lets a map that reads the same input (the VN-LeakyReLU direction map next to
     its feature map) reuse the other's ``S`` instead of recomputing it.
@@ -166,25 +168,19 @@ class RelaxedVNLinear(RelaxedLayer):
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
         weight = self.free.weight  # [3 C_out, 3 C_in]
-        zero = weight.new_zeros(())
         if self._last_input is None or not (lie or norm):
+            zero = weight.new_zeros(())
             return zero, zero
-        s, m, n = self.moments()
-        c_out, c_in = self.equivariant.c_out, self.equivariant.c_in
-        blocks = weight.view(c_out, 3, c_in, 3)
-        gens = self.gens.to(weight.dtype)
-        # Lie derivatives L_a = W kron(I, L_a) - kron(I, L_a) W, computed blockwise: [3, 3 C_out, 3 C_in]
-        lie_mats = (torch.einsum("oicj,ajk->aoick", blocks, gens)
-                    - torch.einsum("aij,ojck->aoick", gens, blocks)).reshape(3, 3 * c_out, 3 * c_in)
-        stacked = torch.cat([weight[None], lie_mats]) if lie else weight[None]
-        quad = (torch.matmul(stacked, s) * stacked).sum((1, 2))  # tr(M S M^T) for each stacked M
-        batch = self._last_input.shape[0]
-        ld = quad[1:].sum() / batch if lie else zero
-        sq = zero
-        if norm:
-            bias = self.free.bias
-            sq = (quad[0] + 2 * bias @ (weight @ m) + n * bias.pow(2).sum()) / batch
-        return ld, sq
+        lie_rows = None
+        if lie:
+            c_out, c_in = self.equivariant.c_out, self.equivariant.c_in
+            blocks = weight.view(c_out, 3, c_in, 3)
+            gens = self.gens.to(weight.dtype)
+            # Lie derivatives L_a = W kron(I, L_a) - kron(I, L_a) W, computed blockwise: [3 x 3 C_out, 3 C_in]
+            lie_rows = (torch.einsum("oicj,ajk->aoick", blocks, gens)
+                        - torch.einsum("aij,ojck->aoick", gens, blocks)).reshape(9 * c_out, 3 * c_in)
+        return second_moment_penalty(lie_rows, weight if norm else None, self.free.bias, self.moments(),
+                                     self._last_input.shape[0])
 
 
 def _same_tensor(a: Tensor, b: Tensor | None) -> bool:

@@ -28,7 +28,51 @@ from torch import Tensor, nn
 from relaxbench.relax.lie import make_lie_action
 from relaxbench.relax.relaxed import RelaxedLayer
 
-__all__ = ["DenseRelaxedLinear"]
+__all__ = ["DenseRelaxedLinear", "second_moment_penalty"]
+
+
+def second_moment_penalty(
+    lie_rows: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    moments: tuple[Tensor, Tensor, int],
+    batch: int,
+) -> tuple[Tensor, Tensor]:
+    """Both penalty terms of a dense free map ``x -> W x + b`` from its input's moments, per example.
+
+    Args:
+        lie_rows: ``[G d_out, d_in]`` the Lie derivatives ``L_A = W A - B W`` stacked by rows (``None``: no
+            Lie term).
+        weight: ``W [d_out, d_in]`` (``None``: no norm term); ``bias``: ``b [d_out]`` or ``None``.
+        moments: ``(S [d_in, d_in], m [d_in], n)``: ``sum_x x x^T``, ``sum_x x`` and the number of vectors.
+        batch: examples the sums run over (both terms are divided by it).
+
+    Returns:
+        ``(ld, sq)``: ``sum_A tr(L_A S L_A^T) / batch`` and ``(tr(W S W^T) + 2 b.W m + n |b|^2) / batch``
+        (zero for an absent term). Both quadratic forms share one ``[rows, d_in] @ S`` product, and their
+        gradient ``2 M S`` reuses it (first order: the result is not twice differentiable).
+    """
+    s, m, n = moments
+    rows = [r for r in (lie_rows, weight) if r is not None]
+    zero = s.new_zeros(())
+    if not rows:
+        return zero, zero
+    mats = torch.cat(rows)
+    ms = mats.detach() @ s
+
+    def quadratic_form(r: slice) -> Tensor:
+        q = torch.dot(ms[r].flatten(), mats[r].flatten())
+        return 2 * q - q.detach()
+
+    n_lie = 0 if lie_rows is None else lie_rows.shape[0]
+    ld = quadratic_form(slice(0, n_lie)) / batch if lie_rows is not None else zero
+    sq = zero
+    if weight is not None:
+        sq = quadratic_form(slice(n_lie, None))
+        if bias is not None:
+            sq = sq + 2 * bias @ (weight @ m) + n * bias.pow(2).sum()
+        sq = sq / batch
+    return ld, sq
 
 
 class DenseRelaxedLinear(RelaxedLayer):
@@ -110,34 +154,12 @@ class DenseRelaxedLinear(RelaxedLayer):
         zero = weight.new_zeros(())
         if self._last_input is None or not (lie or norm):
             return zero, zero
-        batch = self._last_input.shape[0]
-        s, m, n = self.moments()
-        # quadratic forms tr(M S M^T), one per row, of the Lie derivatives L_A = W A - B W and of W, in one matmul
-        rows = []
+        lie_rows = None
         if lie:
             gin_t, gout = self.sparse_generators(weight)
             g = self.gen_in.shape[0]
             w_a = torch.sparse.mm(gin_t, weight.t()).view(g, d_in, d_out).transpose(1, 2)  # W A
             b_w = torch.sparse.mm(gout, weight).view(g, d_out, d_in)  # B W
-            rows.append((w_a - b_w).reshape(g * d_out, d_in))
-        if norm:
-            rows.append(weight)
-        mats = torch.cat(rows)
-        ms = mats.detach() @ s
-
-        def quadratic_form(r: slice) -> Tensor:
-            """``sum_rows m S m^T`` over rows ``r``; its gradient ``2 m S`` (S is symmetric) reuses ``ms`` (first
-            order only: not twice differentiable)."""
-            q = torch.dot(ms[r].flatten(), mats[r].flatten())
-            return 2 * q - q.detach()
-
-        n_lie = rows[0].shape[0] if lie else 0
-        ld = quadratic_form(slice(0, n_lie)) / batch if lie else zero
-        sq = zero
-        if norm:
-            sq = quadratic_form(slice(n_lie, None))
-            if self.free.bias is not None:
-                b = self.free.bias
-                sq = sq + 2 * b @ (weight @ m) + n * b.pow(2).sum()
-            sq = sq / batch
-        return ld, sq
+            lie_rows = (w_a - b_w).reshape(g * d_out, d_in)
+        return second_moment_penalty(lie_rows, weight if norm else None, self.free.bias, self.moments(),
+                                     self._last_input.shape[0])
