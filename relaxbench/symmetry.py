@@ -187,10 +187,10 @@ def model_equivariance_error(
 
     The model is not copied (deep-copying e3nn models costs more than the metric): its parameters and
     buffers are swapped for ``dtype`` copies for the duration of the call, and its tensors and train/eval mode
-    are restored afterwards. Falls back to float32 if the model cannot run in
-    float64; the returned ``dtype`` says which was used. Group elements come from
-    ``task.sample_group(n_elements, generator)`` with a generator seeded by ``seed``; ``max_batch`` bounds the
-    examples per forward call (see :func:`equivariance_error`).
+    are restored afterwards. Falls back to float32 if the model cannot run in float64; the returned ``dtype``
+    says which was used. Group elements come from ``task.sample_group(n_elements, generator)`` with a
+    generator seeded by ``seed``; ``max_batch`` bounds the examples per forward call
+    (:func:`equivariance_error`).
     """
     generator = torch.Generator().manual_seed(seed)
     elements = task.sample_group(n_elements, generator)

@@ -31,6 +31,7 @@ def test_relaxed_run_writes_a_complete_record(tiny_config, tmp_path):
     assert set(record.test) == {"loss", "error_rate", "accuracy"}
     assert record.gen_gap == pytest.approx(record.test["loss"] - record.train["loss"])
     assert record.equiv_final_exact < 1e-9 and record.equiv_init_exact < 1e-9  # projected: exactly equivariant
+    assert record.equiv_dtype == "float64"
     assert record.params_free > 0 and record.params_total == record.params_free + record.params_equivariant
     assert record.time_per_step_s > 0 and record.wall_time_s > 0 and record.steps == 3
     assert record.versions["torch"] and record.started_at and record.config_hash
@@ -40,6 +41,13 @@ def test_relaxed_run_writes_a_complete_record(tiny_config, tmp_path):
     assert {"lie", "norm", "val_error_rate", "train_seconds"} <= set(history.columns)
     assert history["lie"].iloc[1] > 0 and history["lie"].iloc[0] == 0
     assert (out / "model.pt").exists() and not (out / ".partial").exists()
+
+
+def test_equivariance_error_dtype_comes_from_the_config(tiny_config, tmp_path):
+    tiny_config["training"]["equivariance_dtype"] = "float32"
+    record, _ = run(tiny_config, tmp_path)
+    assert record.status == "ok" and record.equiv_dtype == "float32"
+    assert 0 < record.equiv_final_exact < 100 * 1.2e-7  # float32 rounding of an exactly equivariant model
 
 
 def test_same_seed_same_record_and_other_seed_differs(tiny_config, tmp_path):
