@@ -29,14 +29,13 @@ weight space at the cost of one convolution: ``||W(g x) - g W(x)|| = ||(g^-1 W g
 ``||W x||^2`` shares the same convolution call. Otherwise the generic
 :func:`relaxbench.relax.lie.lie_derivative_sq` is used.
 
-**Probed penalty.** That convolution has ``(G + 1) C_out`` output channels (``G`` generators), and with its
-kernel gradient it costs about twice the layer's own forward and backward convolutions. With
-``penalty_probes = m`` each of the ``G + 1`` kernels ``D [C_out, C_in, k, k]`` is replaced by ``m`` random
-combinations of its output channels, ``z_j^T D`` with Rademacher ``z_j in {-1, 1}^C_out`` scaled by
-``1 / sqrt(m)``. Since ``E[(z^T v)^2] = ||v||^2`` for every output vector ``v = D x(p)``, the probed sums are
-unbiased estimates of both terms (before the square root), exactly zero when ``D`` is, at ``m / C_out`` of
-the cost (Hutchinson's trace estimator applied to ``tr(D S D^T)``). Probes are drawn from torch's global
-generator, which the trainer seeds and checkpoints.
+**Subsampled penalty.** That convolution has ``(G + 1) C_out`` output channels (``G`` generators), and with
+its kernel gradient it costs about 4/3 of the layer's own forward and backward convolutions on the same
+examples. ``penalty_examples = n`` evaluates it on the first ``n`` examples of each (shuffled) batch: both
+terms are batch means, so this is an unbiased estimate of them (before the square root) whose gradient is
+still the full-rank ``2 D S_n`` of the subsample's input statistics ``S_n``. For signed-permutation fibre
+representations (regular, quotient and irreps fields at multiples of 90 degrees) the conjugation is done by
+indexing, not by dense ``[C, C]`` products.
 """
 
 from __future__ import annotations
@@ -123,6 +122,30 @@ def grid_action(x: Tensor, m: np.ndarray) -> Tensor:
     return out.reshape(*lead, size, size)
 
 
+def _axis_ops(index: Tensor, size: int) -> tuple[bool, tuple[int, ...]]:
+    """The exact grid action with gather ``index [size * size]`` (from :func:`_gather_index`) as array
+    operations on the last two axes: ``(transpose, flip dims)``, applied in that order."""
+    grid = torch.arange(size * size).view(size, size)
+    target = grid.flatten()[index].view(size, size)
+    for transpose in (False, True):
+        for flips in ((), (-2,), (-1,), (-2, -1)):
+            moved = grid.t() if transpose else grid
+            if torch.equal(moved.flip(flips) if flips else moved, target):
+                return transpose, flips
+    raise ValueError("the grid action is not a signed permutation of the axes")
+
+
+def _signed_permutation(m: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(index, sign)`` with ``m @ v = sign * v[index]`` if the square matrix ``m`` is a signed permutation
+    (one entry of +-1 per row and column, up to escnn's float64 rounding of 1e-9), else ``None``."""
+    index = m.abs().argmax(1)
+    sign = m.gather(1, index[:, None]).squeeze(1).sign()
+    rebuilt = torch.zeros_like(m).scatter(1, index[:, None], sign[:, None])
+    if not (torch.allclose(rebuilt, m, rtol=0, atol=1e-9) and len(set(index.tolist())) == len(index)):
+        return None
+    return index, sign
+
+
 def fibre_matrix(field_type: enn.FieldType, g: EscnnElement) -> Tensor:
     """``rho_T(g)`` ``[C, C]`` (float64) of a field type ``T`` with ``C = T.size`` channels."""
     return torch.as_tensor(np.asarray(field_type.representation(g)), dtype=torch.float64)
@@ -170,8 +193,6 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         penalty_examples: evaluate the penalty on only the first ``n`` examples of each batch (``None``: all).
             Both terms are batch means, so a subset is an unbiased estimate of them (before the square root)
             at a fraction of the cost.
-        penalty_probes: estimate each penalty term with ``m`` random output-channel probes (module docstring;
-            ``None``: the exact sums over all output channels). Weight-space penalty only.
 
     The free map ``W`` is a bias-free ``Conv2d(in_type.size -> out_type.size)``, so the Lie term sees all
     of it. The group action (:attr:`action`) and the penalty work on raw tensors ``[B, C, H, W]``. For
@@ -180,7 +201,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
     """
 
     def __init__(self, conv: enn.R2Conv, generators: Generators = "grid", init_std: float = 1e-4,
-                 penalty_examples: int | None = None, penalty_probes: int | None = None) -> None:
+                 penalty_examples: int | None = None) -> None:
         if conv.padding_mode != "zeros" or conv.groups != 1:
             raise ValueError("RelaxedR2Conv needs an R2Conv with zero padding and groups=1")
         c_in, c_out = conv.in_type.size, conv.out_type.size
@@ -201,14 +222,8 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         if penalty_examples is not None and penalty_examples < 1:
             raise ValueError(f"penalty_examples must be None or >= 1, got {penalty_examples}")
         self.penalty_examples = penalty_examples
-        if penalty_probes is not None and penalty_probes < 1:
-            raise ValueError(f"penalty_probes must be None or >= 1, got {penalty_probes}")
-        self.penalty_probes = penalty_probes
         gspace = conv.in_type.gspace
         self.weight_space = all(is_grid_exact(gspace, g) for g in elements)
-        if penalty_probes is not None and not self.weight_space:
-            raise ValueError("penalty_probes needs the weight-space penalty (generators='grid'); "
-                             "set penalty_probes to null for these generators")
         if self.weight_space:
             # K_g(q) = rho_out(g)^-1 K(g q) rho_in(g): kernel-space conjugation by each generator
             rho_in = torch.stack([fibre_matrix(conv.in_type, g) for g in elements])
@@ -219,9 +234,20 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             index = torch.stack([
                 _grid_gather_index(_basespace_matrix(gspace, ~g), conv.kernel_size) for g in elements
             ])
-            self.register_buffer("rho_in", rho_in, persistent=False)
-            self.register_buffer("rho_out_inv", rho_out_inv, persistent=False)
-            self.register_buffer("kernel_index", index, persistent=False)
+            self.kernel_ops = [_axis_ops(i, conv.kernel_size) for i in index]
+            # rho_out^-1 K picks (and signs) rows of K, K rho_in columns: as indices when both are signed
+            # permutations, else as dense matrices
+            perms = [_signed_permutation(r) for r in (*rho_out_inv, *rho_in.transpose(1, 2))]
+            self.by_index = all(p is not None for p in perms)
+            if self.by_index:
+                n = len(elements)
+                for name, part in (("out", perms[:n]), ("in", perms[n:])):
+                    self.register_buffer(f"{name}_index", torch.stack([i for i, _ in part]), persistent=False)
+                    self.register_buffer(f"{name}_sign", torch.stack([v for _, v in part]), persistent=False)
+                self.signed = bool((self.out_sign < 0).any() or (self.in_sign < 0).any())
+            else:
+                self.register_buffer("rho_in", rho_in, persistent=False)
+                self.register_buffer("rho_out_inv", rho_out_inv, persistent=False)
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
         conv = self.equivariant
@@ -234,49 +260,41 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         out = F.conv2d(x.tensor, weight, bias, conv.stride, conv.padding, conv.dilation)
         return enn.GeometricTensor(out, self.out_type)
 
-    def _probes(self, rows: int) -> Tensor:
-        """``[G + 1, R, C_out]`` row selectors for the ``G`` Lie kernels and the norm kernel: the identity
-        (``R = C_out``, exact sums) or ``R = m`` Rademacher probes scaled by ``1 / sqrt(m)``."""
+    def lie_kernels(self) -> Tensor:
+        """``[G, C_out, C_in, k, k]``: ``g^-1 W g - W`` for each generator ``g``, where ``g^-1 W g`` has the
+        kernel ``K_g(q) = rho_out(g)^-1 K(g q) rho_in(g)``."""
         weight = self.free.weight
-        if self.penalty_probes is None:
-            eye = torch.eye(rows, dtype=weight.dtype, device=weight.device)
-            return eye.expand(len(self.kernel_index) + 1, rows, rows)
-        m = self.penalty_probes
-        signs = torch.randint(0, 2, (len(self.kernel_index) + 1, m, rows), dtype=torch.int8) * 2 - 1
-        return signs.to(weight) / m**0.5
-
-    def lie_kernels(self, probes: Tensor) -> Tensor:
-        """``[G, R, C_in, k, k]``: ``probes[g] (g^-1 W g - W)`` for each generator ``g``, with ``probes [G, R,
-        C_out]`` acting on the output channels (the identity gives the kernel differences themselves).
-
-        ``g^-1 W g`` has kernel ``K_g(q) = rho_out(g)^-1 K(g q) rho_in(g)``; the probes multiply
-        ``rho_out(g)^-1`` first, so a few probes never pay for a ``[C_out, C_out]`` product with the kernel.
-        """
-        weight = self.free.weight
-        rows = probes @ self.rho_out_inv.to(weight)  # [G, R, C_out]
-        moved = torch.einsum("gro,oiq->griq", rows, weight.flatten(-2))  # rows of K, still at q
-        index = self.kernel_index[:, None, None, :].expand(*moved.shape[:-1], -1)
-        moved = moved.gather(-1, index).view(*moved.shape[:-1], *weight.shape[-2:])  # at g q
-        conjugated = torch.einsum("grikl,gij->grjkl", moved, self.rho_in.to(weight))
-        return conjugated - torch.einsum("gro,oikl->grikl", probes, weight)
+        kernels = []
+        for g, (transpose, flips) in enumerate(self.kernel_ops):
+            moved = weight.transpose(-2, -1) if transpose else weight  # K(g q)
+            moved = moved.flip(flips) if flips else moved
+            if self.by_index:
+                moved = moved.index_select(0, self.out_index[g]).index_select(1, self.in_index[g])
+                if self.signed:
+                    moved = (moved * self.out_sign[g].to(weight)[:, None, None, None]
+                             * self.in_sign[g].to(weight)[None, :, None, None])
+            else:
+                moved = torch.einsum("op,pikl,ij->ojkl", self.rho_out_inv[g].to(weight), moved,
+                                     self.rho_in[g].to(weight))
+            kernels.append(moved - weight)
+        return torch.stack(kernels)
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
         if not self.weight_space or self._last_input is None:
             return super().penalty_terms(lie, norm)
         x, weight = self._last_input, self.free.weight
         zero = weight.new_zeros(())
-        if not (lie or norm):
-            return zero, zero
-        probes = self._probes(weight.shape[0])
         kernels = []
         if lie:
-            kernels.append(self.lie_kernels(probes[:-1]).flatten(0, 1))
+            kernels.append(self.lie_kernels().flatten(0, 1))
         if norm:
-            kernels.append(torch.einsum("ro,oikl->rikl", probes[-1], weight) if self.penalty_probes else weight)
+            kernels.append(weight)
+        if not kernels:
+            return zero, zero
         conv = self.free
         out = F.conv2d(x, torch.cat(kernels), None, conv.stride, conv.padding, conv.dilation)
-        per_kernel = out.pow(2).sum((0, 2, 3)).view(-1, probes.shape[1]).sum(1) / x.shape[0]
-        ld = per_kernel[: len(self.kernel_index)].sum() if lie else zero
+        per_kernel = out.pow(2).sum((0, 2, 3)).view(-1, weight.shape[0]).sum(1) / x.shape[0]
+        ld = per_kernel[: len(self.kernel_ops)].sum() if lie else zero
         return ld, per_kernel[-1] if norm else zero
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -297,7 +315,6 @@ def relaxed_r2conv(
     generators: Generators = "grid",
     init_std: float = 1e-4,
     penalty_examples: int | None = None,
-    penalty_probes: int | None = None,
     **conv_kwargs,
 ) -> enn.EquivariantModule:
     """An ``R2Conv(in_type -> out_type, kernel_size, **conv_kwargs)``, relaxed when ``relaxed`` is true
@@ -308,5 +325,5 @@ def relaxed_r2conv(
     silently change every other model built from that basis.
     """
     conv = enn.R2Conv(in_type, out_type, kernel_size, **{"recompute": True, **conv_kwargs})
-    return RelaxedR2Conv(conv, generators, init_std, penalty_examples, penalty_probes) if relaxed else conv
+    return RelaxedR2Conv(conv, generators, init_std, penalty_examples) if relaxed else conv
 

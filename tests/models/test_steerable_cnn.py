@@ -92,15 +92,14 @@ def test_relaxed_with_random_free_conv_is_not_invariant(task):
     assert model_equivariance_error(model, task, images(), n_elements=6, seed=0).exact < TOL32
 
 
-def _layer(gspace, generators="grid", fields=2, init_std=0.3, probes=None) -> RelaxedR2Conv:
+def _layer(gspace, generators="grid", fields=2, init_std=0.3) -> RelaxedR2Conv:
     group = gspace.fibergroup
     if group.order() > 0:
         field_type = enn.FieldType(gspace, fields * [gspace.regular_repr])
     else:
         field_type = enn.FieldType(gspace, [group.irrep(1), group.trivial_representation, group.irrep(2)])
     torch.manual_seed(0)
-    conv = enn.R2Conv(field_type, field_type, 3, padding=1)
-    return RelaxedR2Conv(conv, generators, init_std, penalty_probes=probes).double()
+    return RelaxedR2Conv(enn.R2Conv(field_type, field_type, 3, padding=1), generators, init_std).double()
 
 
 def _penalty(layer: RelaxedR2Conv, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,35 +175,18 @@ def test_penalty_vanishes_for_equivariant_free_kernels_only(name):
     assert ld_escnn < TOL32**2 * sq
 
 
-@pytest.mark.parametrize("name", ["C8", "D4"])
-def test_probed_penalty_is_an_unbiased_estimate(name):
-    layer = _layer(GSPACES[name](), probes=3)
-    x = torch.randn(3, layer.in_type.size, 9, 9, dtype=torch.float64)
-    exact = _layer(GSPACES[name]())
-    exact.load_state_dict(layer.state_dict())
-    ld, sq = (t.detach() for t in _penalty(exact, x))
-    torch.manual_seed(0)
-    draws = torch.stack([torch.stack(_penalty(layer, x)).detach() for _ in range(400)])  # [400, 2]
-    mean, stderr = draws.mean(0), draws.std(0) / 400**0.5
-    assert draws.std(0).min() > 0  # the probes do vary
-    assert (mean - torch.stack([ld, sq])).abs().le(4 * stderr).all()
-
-
-def test_probed_penalty_vanishes_for_equivariant_free_kernels():
-    layer = _layer(GSPACES["C8"](), probes=2)
-    with torch.no_grad():
-        layer.free.weight.copy_(_group_average(layer))
-    ld, sq = _penalty(layer, torch.randn(3, layer.in_type.size, 9, 9, dtype=torch.float64))
-    assert ld < 1e-10 and sq > 1e-3
-    sq.backward()
-    assert layer.free.weight.grad.abs().sum() > 0
-
-
-def test_probes_need_the_weight_space_penalty():
-    with pytest.raises(ValueError, match="penalty_probes needs the weight-space penalty"):
-        _layer(GSPACES["C8"](), "group", probes=4)
-    with pytest.raises(ValueError, match="penalty_probes must be None or >= 1"):
-        _layer(GSPACES["C8"](), probes=0)
+@pytest.mark.parametrize("name", ["C8", "D4", "SO2"])
+def test_conjugation_by_index_equals_the_dense_matrices(name):
+    layer = _layer(GSPACES[name]())
+    assert layer.weight_space and layer.by_index  # regular and irreps fields at multiples of 90 degrees: signed permutations
+    gs, kernel = layer.in_type.gspace, layer.free.weight.detach()
+    trivial = enn.FieldType(gs, [gs.trivial_repr])
+    for g, lie in zip(generator_elements(gs, "grid"), layer.lie_kernels().detach()):
+        moved = field_action(kernel.flatten(0, 1).unsqueeze(1), trivial, ~g).view_as(kernel)  # K(g q)
+        rho_in = torch.as_tensor(np.asarray(layer.in_type.representation(g)))
+        rho_out = torch.as_tensor(np.asarray(layer.out_type.representation(g)))
+        expected = torch.einsum("po,pikl,ij->ojkl", rho_out, moved, rho_in) - kernel
+        torch.testing.assert_close(lie, expected, rtol=0, atol=1e-12)  # escnn's rho: float64 rounding
 
 
 def test_group_generator_penalty_sees_interpolation_error():
@@ -217,8 +199,19 @@ def test_group_generator_penalty_sees_interpolation_error():
     assert 0 < ld < sq  # 45-degree rotations on a pixel grid are approximate
 
 
+def test_subsampled_penalty_averages_to_the_full_batch_penalty():
+    layer = _layer(GSPACES["C8"]())
+    x = torch.randn(6, layer.in_type.size, 9, 9, dtype=torch.float64)
+    full = torch.stack(_penalty(layer, x))
+    layer.penalty_examples = 2
+    chunks = [torch.stack(_penalty(layer, torch.roll(x, -2 * i, 0))) for i in range(3)]  # chunk i first
+    assert not torch.allclose(chunks[0], full)
+    torch.testing.assert_close(torch.stack(chunks).mean(0), full, rtol=1e-12, atol=0)
+
+
 def test_model_penalty_and_penalty_subsample():
-    full = build(relaxed=True).double()
+    assert steerable_cnn.build(SPEC, relaxed=True, **SMALL).body[0].penalty_examples == 4  # the default
+    full = build(relaxed=True, penalty_examples=None).double()
     sub = build(relaxed=True, penalty_examples=2).double()
     sub.load_state_dict(full.state_dict())
     for model in (full, sub):
