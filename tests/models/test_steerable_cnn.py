@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from escnn import group as escnn_group
 from escnn import gspaces
 from escnn import nn as enn
 
@@ -197,6 +198,19 @@ def test_group_generator_penalty_sees_interpolation_error():
         layer.free.weight.copy_(twin.expand_parameters()[0])
     ld, sq = _penalty(layer, torch.randn(3, layer.in_type.size, 9, 9, dtype=torch.float64))
     assert 0 < ld < sq  # 45-degree rotations on a pixel grid are approximate
+
+
+def test_dense_conjugation_for_fields_in_a_rotated_basis():
+    gs = gspaces.rot2dOnR2(4)
+    basis, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))
+    field_type = enn.FieldType(gs, 2 * [escnn_group.change_basis(gs.regular_repr, basis, "rotated_regular")])
+    torch.manual_seed(0)
+    layer = RelaxedR2Conv(enn.R2Conv(field_type, field_type, 3, padding=1), "grid", 0.3).double()
+    assert layer.weight_space and not layer.by_index
+    x = torch.randn(3, field_type.size, 9, 9, dtype=torch.float64)
+    ld, _ = _penalty(layer, x)
+    assert ld > 1.0
+    torch.testing.assert_close(ld, lie_derivative_sq(layer.free_linear, x, layer.action), rtol=1e-10, atol=0)
 
 
 def test_subsampled_penalty_averages_to_the_full_batch_penalty():
