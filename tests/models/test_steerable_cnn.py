@@ -179,7 +179,7 @@ def test_penalty_vanishes_for_equivariant_free_kernels_only(name):
 @pytest.mark.parametrize("name", ["C8", "D4", "SO2"])
 def test_conjugation_by_index_equals_the_dense_matrices(name):
     layer = _layer(GSPACES[name]())
-    assert layer.weight_space and layer.by_index  # regular and irreps fields at multiples of 90 degrees: signed permutations
+    assert layer.weight_space and layer.by_index  # regular / irreps fields at 90 degrees: signed permutations
     gs, kernel = layer.in_type.gspace, layer.free.weight.detach()
     trivial = enn.FieldType(gs, [gs.trivial_repr])
     for g, lie in zip(generator_elements(gs, "grid"), layer.lie_kernels().detach()):
@@ -187,7 +187,7 @@ def test_conjugation_by_index_equals_the_dense_matrices(name):
         rho_in = torch.as_tensor(np.asarray(layer.in_type.representation(g)))
         rho_out = torch.as_tensor(np.asarray(layer.out_type.representation(g)))
         expected = torch.einsum("po,pikl,ij->ojkl", rho_out, moved, rho_in) - kernel
-        torch.testing.assert_close(lie, expected, rtol=0, atol=1e-12)  # escnn's rho: float64 rounding
+        torch.testing.assert_close(lie, expected, rtol=0, atol=1e-12)  # escnn's rho has float64 rounding
 
 
 def test_group_generator_penalty_sees_interpolation_error():
