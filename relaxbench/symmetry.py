@@ -4,7 +4,8 @@ The metric of a model ``f`` on inputs ``x`` is
 
     err = mean_x max_g ||f(g x) - g f(x)|| / ||f(x)||
 
-over seeded group samples ``g``, evaluated in float64 where the model allows. Group elements carry an
+over seeded group samples ``g``, evaluated in float64 (or the dtype asked for) where the model allows, with
+all group elements in one batched forward pass. Group elements carry an
 ``exact`` flag: on a pixel grid only multiples of 90 degrees act exactly, other rotations interpolate, so
 the two are reported apart (``exact`` and ``approx``); for point data every rotation is exact.
 """
