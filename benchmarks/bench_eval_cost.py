@@ -1,10 +1,10 @@
 """Cost of the equivariance-error evaluation relative to one training epoch, per model of a config.
 
 For each model entry of the config (its first task, the ``relaxed`` method where the model runs it, seed 0),
-the trainer of ``relaxbench.train`` is built exactly as a workflow job builds it; then one training epoch and
-one evaluation of the final equivariance error (``training.equivariance_examples`` test examples x
-``equivariance_samples`` group elements, in ``equivariance_dtype``) are timed alternately, ``rounds`` times, in
-one process. The ratio reported is the median over rounds of eval seconds / epoch seconds (wall time, one
+``relaxbench.train.Trainer`` is built exactly as a workflow job builds it; then one training epoch and one
+evaluation of the equivariance error as the run records it (``Trainer.equivariance_error``:
+``training.equivariance_examples`` test examples x ``equivariance_samples`` group elements, in
+``equivariance_dtype``) are timed alternately, ``rounds`` times, in one process. The ratio reported is the median over rounds of eval seconds / epoch seconds (wall time, one
 torch thread). Task data are generated into (or read from) the workflow's cache folder
 ``results/<config>/data/<task>/<key>``.
 
@@ -24,8 +24,7 @@ import torch
 from relaxbench import registry
 from relaxbench.config import RunSpec, load_config, resolve_run
 from relaxbench.relax import set_theta
-from relaxbench.symmetry import model_equivariance_error
-from relaxbench.train import _Trainer
+from relaxbench.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,9 +39,8 @@ def time_model(cfg: dict, model: str, rounds: int) -> dict[str, float | str]:
     )
     if not task.prepared():
         task.prepare()
-    trainer = _Trainer(resolved, task, task.load_splits(), torch.device("cpu"), quiet=True)
+    trainer = Trainer(resolved, task, task.load_splits(), torch.device("cpu"), quiet=True)
     tcfg = trainer.cfg
-    eq_batch = trainer.splits["test"].head(tcfg["equivariance_examples"])
     epochs, evals = [], []
     for r in range(rounds):
         epoch = min(r + 1, tcfg["epochs"] // 2)  # theta > 0 on the triangle schedule: the relaxed step
@@ -51,9 +49,7 @@ def time_model(cfg: dict, model: str, rounds: int) -> dict[str, float | str]:
         epochs.append(time.perf_counter() - t0)
         set_theta(trainer.model, trainer.method.eval_theta(row["theta"]))
         t0 = time.perf_counter()
-        err = model_equivariance_error(trainer.model, task, eq_batch, tcfg["equivariance_samples"], 0,
-                                       dtype=getattr(torch, tcfg["equivariance_dtype"]),
-                                       max_batch=tcfg["eval_batch_size"])
+        err = trainer.equivariance_error()
         evals.append(time.perf_counter() - t0)
     return {
         "case": f"{resolved['task']}:{model}:{method}",

@@ -36,10 +36,10 @@ from relaxbench.config import run_hash
 from relaxbench.methods import Method, get_method
 from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
 from relaxbench.relax import free_parameters, relaxation_penalty, set_theta
-from relaxbench.symmetry import model_equivariance_error
+from relaxbench.symmetry import EquivarianceError, model_equivariance_error
 from relaxbench.tasks.base import Split, Task
 
-__all__ = ["Diverged", "build_model", "evaluate", "regulariser", "select_device", "train_run"]
+__all__ = ["Diverged", "Trainer", "build_model", "evaluate", "regulariser", "select_device", "train_run"]
 
 log = logging.getLogger("relaxbench.train")
 
@@ -174,8 +174,11 @@ def regulariser(model: nn.Module, method: Method, theta: float) -> tuple[torch.T
     return reg, {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
 
 
-class _Trainer:
-    """State of one training run (kept in one place so that checkpoints capture all of it)."""
+class Trainer:
+    """State of one training run (kept in one place so that checkpoints capture all of it).
+
+    :func:`train_run` drives it; the benchmarks time its :meth:`train_epoch` and :meth:`equivariance_error`.
+    """
 
     def __init__(self, resolved: Mapping[str, Any], task: Task, splits: dict[str, Split], device: torch.device,
                  quiet: bool) -> None:
@@ -222,6 +225,15 @@ class _Trainer:
         self.resumed = True
 
     # --- training ---------------------------------------------------------------------------------
+    def equivariance_error(self) -> EquivarianceError:
+        """The model's equivariance error as the run records it: the first ``equivariance_examples`` test
+        examples, ``equivariance_samples`` group elements drawn with a generator seeded from the run's seed,
+        in ``equivariance_dtype``, forward passes of at most ``eval_batch_size`` examples."""
+        batch = {k: v.to(self.device) for k, v in self.splits["test"].head(self.cfg["equivariance_examples"]).items()}
+        return model_equivariance_error(self.model, self.task, batch, self.cfg["equivariance_samples"],
+                                        10_000 + self.seed, dtype=getattr(torch, self.cfg["equivariance_dtype"]),
+                                        max_batch=self.cfg["eval_batch_size"])
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         theta = self.schedule(epoch)
         lr = lr_at(epoch, self.cfg)
@@ -317,7 +329,7 @@ def train_run(
     if not task.prepared():
         task.prepare()
     splits = task.load_splits()
-    trainer = _Trainer(resolved, task, splits, device, quiet)
+    trainer = Trainer(resolved, task, splits, device, quiet)
     record = _base_record(resolved, task, "ok")
     record.device = str(device)
     record.run_config["method_params"] = {k: v for k, v in trainer.method.__dict__.items() if k != "name"}
@@ -325,13 +337,8 @@ def train_run(
     record.params_total = sum(p.numel() for p in trainer.model.parameters())
     record.params_free, record.params_equivariant = free, record.params_total - free
 
-    eq_batch = splits["test"].head(trainer.cfg["equivariance_examples"])
-    eq_batch = {k: v.to(device) for k, v in eq_batch.items()}
-    n_elements, eq_seed = trainer.cfg["equivariance_samples"], 10_000 + int(resolved["seed"])
     set_theta(trainer.model, trainer.method.eval_theta(trainer.schedule(0)))
-    eq_options = {"dtype": getattr(torch, trainer.cfg["equivariance_dtype"]),
-                  "max_batch": trainer.cfg["eval_batch_size"]}
-    init_err = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed, **eq_options)
+    init_err = trainer.equivariance_error()
     record.equiv_init_exact, record.equiv_init_approx = init_err.exact, init_err.approx
 
     checkpoint = run_dir / "checkpoint.pt"
@@ -369,7 +376,7 @@ def train_run(
             setattr(record, split, evaluate(evaluated, task, splits[split], bs, device))
         record.gen_gap = record.test["loss"] - record.train["loss"]
         t_eval = time.perf_counter()
-        final = model_equivariance_error(trainer.model, task, eq_batch, n_elements, eq_seed, **eq_options)
+        final = trainer.equivariance_error()
         record.eval_time_s = time.perf_counter() - t_eval
         record.equiv_final_exact, record.equiv_final_approx = final.exact, final.approx
         record.equiv_dtype = final.dtype
@@ -385,7 +392,7 @@ def train_run(
     return record
 
 
-def _publish(run_dir: Path, record: RunRecord, trainer: _Trainer) -> None:
+def _publish(run_dir: Path, record: RunRecord, trainer: Trainer) -> None:
     """Write the run's files into a staging folder, then move them in place, ``record.json`` last.
 
     A rerun killed before this point leaves an earlier finished run untouched.
