@@ -17,18 +17,12 @@ import torch
 from relaxbench import __version__, registry
 from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
 from relaxbench.methods import METHODS, MethodError
+from relaxbench.records import LeaderboardError
 from relaxbench.tasks.base import TaskError
 
 __all__ = ["main"]
 
-USER_ERRORS = (ConfigError, registry.RegistryError, TaskError, MethodError, FileNotFoundError)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """``USER_ERRORS`` and the errors of modules that commands import lazily, once imported (evaluated when
-    an exception reaches ``main``); the leaderboard's pandas/scipy stay out of ``relaxbench train``."""
-    leaderboard = sys.modules.get("relaxbench.leaderboard")
-    return USER_ERRORS + ((leaderboard.LeaderboardError,) if leaderboard is not None else ())
+USER_ERRORS = (ConfigError, registry.RegistryError, TaskError, MethodError, LeaderboardError, FileNotFoundError)
 
 
 def _positive(text: str) -> int:
@@ -168,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except _user_errors() as err:
+    except USER_ERRORS as err:
         print(f"relaxbench: error: {err}", file=sys.stderr)
         return 2
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -93,9 +94,15 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
         except MethodError as err:
             raise ConfigError(f"{source}: at 'methods.{method}': {err}") from None
     known_tasks = registry.task_names()
-    for task in cfg["tasks"]:
+    for task, params in cfg["tasks"].items():
         if task not in known_tasks:
             raise ConfigError(f"{source}: at 'tasks.{task}': unknown task {task!r}; choices: {known_tasks}")
+        allowed = registry.get_task_class(task).defaults
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"{source}: at 'tasks.{task}': unknown parameter(s) {unknown}; choices: {sorted(allowed)}"
+            )
     for key, model in cfg["models"].items():
         where = f"{source}: at 'models.{key}'"
         model.setdefault("arch", key)
@@ -117,7 +124,30 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
                 raise ConfigError(
                     f"{where}.methods: method {method!r} is not configured; choices: {sorted(cfg['methods'])}"
                 )
+        for method, params in model.get("method_params", {}).items():
+            try:
+                get_method(method, {**cfg["methods"][method], **params})
+            except MethodError as err:
+                raise ConfigError(f"{where}.method_params.{method}: {err}") from None
     return cfg
+
+
+def check_model_params(cfg: Mapping[str, Any], source: str = "config") -> None:
+    """Raise :class:`ConfigError` for a ``models.<name>.params`` key that the model's ``build`` does not take.
+
+    Imports every model module of the config (escnn, e3nn, ...), so it is not part of :func:`validate_config`,
+    which every job runs; the workflow calls it once when it reads the config, before any job starts.
+    """
+    for key, model in cfg["models"].items():
+        build = registry.get_model(model["arch"], model.get("family")).build
+        names = inspect.signature(build).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in names.values()):
+            continue
+        choices = sorted(set(names) - {"spec", "relaxed"})
+        unknown = sorted(set(model.get("params", {})) - set(choices))
+        if unknown:
+            raise ConfigError(f"{source}: at 'models.{key}.params': unknown parameter(s) {unknown}; "
+                              f"choices: {choices}")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -176,11 +206,8 @@ def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     """Every setting one run depends on (the input of ``relaxbench train`` and of the config hash)."""
     model = cfg["models"][run.model]
     training = {**schema()["properties"]["training"]["default"], **cfg["training"], **model.get("training", {})}
-    overrides = {**cfg["methods"].get(run.method, {}), **model.get("method_params", {}).get(run.method, {})}
-    try:
-        method = get_method(run.method, overrides)
-    except MethodError as err:
-        raise ConfigError(f"at 'models.{run.model}.method_params.{run.method}': {err}") from None
+    method = get_method(run.method, {**cfg["methods"].get(run.method, {}),
+                                     **model.get("method_params", {}).get(run.method, {})})
     return {
         "config_name": cfg["name"],
         "task": run.task,

@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import stats
 
 from relaxbench.config import RunSpec
-from relaxbench.records import atomic_write_text, read_record
+from relaxbench.records import LeaderboardError, atomic_write_text, read_record
 
 __all__ = [
     "ALPHA",
@@ -91,13 +91,9 @@ LEAD_COLUMNS = [
 ]
 TAIL_COLUMNS = [
     "params_total", "params_equivariant", "params_free", "epochs_run", "best_epoch", "steps", "wall_time_s",
-    "time_per_step_s", "eval_time_s", "peak_memory_mb", "resumed", "device", "threads", "git_commit",
+    "time_per_step_s", "eval_time_s", "peak_memory_mb", "exported", "resumed", "device", "threads", "git_commit",
     "started_at", "config_name", "config_hash", "schema_version", "run_dir",
 ]
-
-
-class LeaderboardError(ValueError):
-    """A results folder that cannot be collected (no runs, an unreadable record, a missing table)."""
 
 
 def _row(record_path: Path, results_dir: Path) -> dict:

@@ -7,6 +7,7 @@ A run directory holds ``record.json`` (this module), ``history.csv`` (one row pe
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -14,10 +15,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECORD_SCHEMA_VERSION", "RunRecord", "STATUSES", "atomic_write_bytes", "atomic_write_text", "read_record"]
+import numpy as np
+
+__all__ = [
+    "RECORD_SCHEMA_VERSION", "LeaderboardError", "RunRecord", "STATUSES", "atomic_write_bytes", "atomic_write_npz",
+    "atomic_write_text", "read_record",
+]
 
 RECORD_SCHEMA_VERSION = 1
 STATUSES = ("ok", "diverged", "failed")
+
+
+class LeaderboardError(ValueError):
+    """A results folder that cannot be collected (no runs, an unreadable record, a missing table); defined
+    here, beside the record format, so that the command line can catch it without importing pandas."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -39,6 +50,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_npz(path: str | Path, **arrays: Any) -> None:
+    """``numpy.savez`` of ``arrays`` (uncompressed), written with :func:`atomic_write_bytes`."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 @dataclass

@@ -78,10 +78,6 @@ def flatten_output(output: Output) -> Tensor:
     return torch.cat([output[k].reshape(output[k].shape[0], -1) for k in sorted(output)], dim=1)
 
 
-def _concat(batches: Sequence[Batch]) -> dict[str, Tensor]:
-    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-
-
 def _rows(output: Output, start: int, stop: int) -> Output:
     if isinstance(output, Tensor):
         return output[start:stop]
@@ -89,6 +85,7 @@ def _rows(output: Output, start: int, stop: int) -> Output:
 
 
 def _cat_outputs(outputs: Sequence[Output]) -> Output:
+    """Concatenate tensors, or dicts of tensors key by key, along the batch axis."""
     if isinstance(outputs[0], Tensor):
         return torch.cat(list(outputs))
     return {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
@@ -119,7 +116,7 @@ def equivariance_error(
         max_batch: most examples per call of ``f`` (``None``: all in one call).
     """
     n = next(iter(batch.values())).shape[0]
-    stacked = _concat([batch, *(act(g, batch) for g in elements)])
+    stacked = _cat_outputs([batch, *(act(g, batch) for g in elements)])
     total = (1 + len(elements)) * n
     step = total if max_batch is None else max(1, max_batch)
     out = _cat_outputs([f(_rows(stacked, i, i + step)) for i in range(0, total, step)])

@@ -2,7 +2,7 @@
 # Build (once) and print the path of relaxbench's virtual environment.
 #
 # The venv lives outside the checkout, keyed by the hash of requirements.lock, so every clone of the same
-# lock file reuses one 5.8 GB environment: RELAXBENCH_VENV_ROOT (default ~/.cache/relaxbench).
+# lock file reuses one 6.1 GB environment: RELAXBENCH_VENV_ROOT (default ~/.cache/relaxbench).
 # System packages: gfortran (py3nj, needed by escnn), chromium (the report's browser test) and
 # dataset-fashion-mnist (the rotfmnist task's IDX files) are installed with apt-get when it is available and we
 # are root; otherwise we say what is missing.

@@ -59,6 +59,7 @@ BAD = [
     (lambda c: c["models"]["tfn"].update(method_params={"relaxed": {"lamda": 1}}), "models.tfn.method_params"),
     (lambda c: c["methods"].update(relaxed={"lamda": 1}), "methods.relaxed"),
     (lambda c: c["tasks"].update(mnist3d={}), "unknown task 'mnist3d'"),
+    (lambda c: c["tasks"]["tetris"].update(n_trian=3), "at 'tasks.tetris': unknown parameter(s) ['n_trian']; choices"),
     (lambda c: c.pop("models"), "'models' is a required property"),
 ]
 
@@ -81,3 +82,14 @@ def test_load_config_reads_yaml_safely(tmp_path, tiny_config):
         load_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_model_params_are_checked_against_the_build_signature(tiny_config):
+    from relaxbench.config import check_model_params
+
+    cfg = validate_config(tiny_config)
+    check_model_params(cfg)
+    tiny_config["models"]["tfn"]["params"]["hiden"] = "4x0e"
+    cfg = validate_config(tiny_config)  # the cheap check every job runs does not import the models
+    with pytest.raises(ConfigError, match=r"at 'models.tfn.params': unknown parameter\(s\) \['hiden'\]; choices: \[.*'hidden'"):
+        check_model_params(cfg, "cfg.yaml")

@@ -218,7 +218,6 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
 
         super().__init__(conv, free, make_finite_action(act(conv.in_type), act(conv.out_type)))
         self.in_type, self.out_type = conv.in_type, conv.out_type
-        self.generators = generators
         if penalty_examples is not None and penalty_examples < 1:
             raise ValueError(f"penalty_examples must be None or >= 1, got {penalty_examples}")
         self.penalty_examples = penalty_examples

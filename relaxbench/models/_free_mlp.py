@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from relaxbench.relax.lie import FeatureAction, lie_derivative_sq, make_finite_action, make_lie_action
+from relaxbench.relax.lie import FeatureAction, apply_matrices, lie_derivative_sq, make_finite_action, make_lie_action
 from relaxbench.relax.relaxed import RelaxedLayer
 
 __all__ = ["RelaxedFreeMLP", "free_mlp"]
@@ -43,14 +43,9 @@ def free_mlp(d_in: int, hidden: int, d_out: int, last_scale: float = 0.01) -> nn
     return mlp
 
 
-def _apply(mats: Tensor, x: Tensor) -> Tensor:
-    """Each of ``mats [G, d, d]`` applied to the last axis of ``x [*lead, d]``: ``[G, *lead, d]``."""
-    return torch.einsum("gij,...j->g...i", mats.to(dtype=x.dtype, device=x.device), x)
-
-
 def _finite_action(gen_in: Tensor, gen_out: Tensor, angle: float) -> FeatureAction:
     rho_in, rho_out = torch.linalg.matrix_exp(angle * gen_in), torch.linalg.matrix_exp(angle * gen_out)
-    return make_finite_action(lambda x: _apply(rho_in, x), lambda y: _apply(rho_out, y))
+    return make_finite_action(lambda x: apply_matrices(rho_in, x, -1), lambda y: apply_matrices(rho_out, y, -1))
 
 
 class RelaxedFreeMLP(RelaxedLayer):

@@ -218,8 +218,6 @@ class SE3Transformer(nn.Module):
                  n_radial: int, radial_hidden: int, num_types: int, attr_dim: int, num_classes: int,
                  relaxed: bool, free_hidden: int, lie_mode: str) -> None:
         super().__init__()
-        if kind not in DEFAULTS:
-            raise ValueError(f"se3_transformer: unknown task kind {kind!r}; supported: {sorted(DEFAULTS)}")
         irreps_hidden = o3.Irreps(hidden)
         self.kind, self.max_radius, self.n_radial = kind, max_radius, n_radial
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)

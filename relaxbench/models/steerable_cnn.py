@@ -101,23 +101,20 @@ def make_gspace(group: str, n: int, max_frequency: int):
     raise ValueError(f"group must be 'C', 'D' or 'SO2', got {group!r}")
 
 
-def pool_plan(size: int, n_blocks: int, pool_after: Sequence[int] | None) -> tuple[list[int], list[int]]:
-    """Blocks followed by a stride-2 pool (default: all but the last) and the map size after each block.
+def pool_plan(size: int, n_blocks: int, pool_after: Sequence[int] | None) -> list[int]:
+    """The blocks followed by a stride-2 pool (default: all but the last).
 
-    Raises ``ValueError`` when a pool would act on an even size (not symmetric, breaks exact rot90).
+    Raises ``ValueError`` when a pool would act on an even map size (not symmetric, breaks exact rot90).
     """
     pools = list(range(n_blocks - 1)) if pool_after is None else sorted(set(pool_after))
     if any(not 0 <= i < n_blocks for i in pools):
         raise ValueError(f"pool_after must index blocks 0..{n_blocks - 1}, got {list(pool_after)}")
-    sizes = []
-    for i in range(n_blocks):
-        if i in pools:
-            if size % 2 == 0:
-                raise ValueError(f"block {i} would pool a {size}x{size} map with stride 2, which breaks exact "
-                                 "rot90 equivariance; use an odd input size or fewer pools")
-            size = (size + 1) // 2
-        sizes.append(size)
-    return pools, sizes
+    for i in pools:  # sorted: each pool halves the (odd) size the previous ones left
+        if size % 2 == 0:
+            raise ValueError(f"block {i} would pool a {size}x{size} map with stride 2, which breaks exact "
+                             "rot90 equivariance; use an odd input size or fewer pools")
+        size = (size + 1) // 2
+    return pools
 
 
 class SteerableCNN(nn.Module):
@@ -148,7 +145,7 @@ class SteerableCNN(nn.Module):
             raise ValueError(f"kernel_size must be odd (centred 'same' padding), got {kernel_size}")
         if group == "SO2" and fourier_samples % 4:
             raise ValueError(f"fourier_samples must be a multiple of 4 (exact rot90), got {fourier_samples}")
-        self.pools, _ = pool_plan(spec["size"], len(channels), pool_after)
+        self.pools = pool_plan(spec["size"], len(channels), pool_after)
         self.n_blocks, self.kernel_size, self.head_hidden = len(channels), kernel_size, head_hidden
         gs = make_gspace(group, n, max_frequency)
         self.group = group

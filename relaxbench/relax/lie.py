@@ -24,7 +24,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureAction", "lie_derivative_sq", "make_finite_action", "make_lie_action"]
+__all__ = ["FeatureAction", "apply_matrices", "lie_derivative_sq", "make_finite_action", "make_lie_action"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class FeatureAction:
     kind: Literal["lie", "finite"]
 
 
-def _apply_matrices(mats: Tensor, x: Tensor, dim: int) -> Tensor:
+def apply_matrices(mats: Tensor, x: Tensor, dim: int) -> Tensor:
     """Apply each of ``G`` matrices ``mats [G, d, d]`` to axis ``dim`` of ``x``; returns ``[G, *x.shape]``."""
     x_moved = x.movedim(dim, -1)
     out = torch.einsum("gij,...j->g...i", mats.to(dtype=x.dtype, device=x.device), x_moved)
@@ -59,8 +59,8 @@ def make_lie_action(gen_in: Tensor, gen_out: Tensor, dim_in: int = -1, dim_out: 
     if gen_in.shape[0] != gen_out.shape[0]:
         raise ValueError(f"input has {gen_in.shape[0]} generators, output {gen_out.shape[0]}")
     return FeatureAction(
-        on_input=lambda x: _apply_matrices(gen_in, x, dim_in),
-        on_output=lambda y: _apply_matrices(gen_out, y, dim_out),
+        on_input=lambda x: apply_matrices(gen_in, x, dim_in),
+        on_output=lambda y: apply_matrices(gen_out, y, dim_out),
         kind="lie",
     )
 

@@ -163,7 +163,7 @@ def _task_sections(board: pd.DataFrame, agg: pd.DataFrame, histories: Mapping[st
     sections = []
     for task, runs in board.groupby("task", sort=True):
         entries = agg[agg["task"] == task].sort_values(["rank", "model", "method"], na_position="last")
-        meta = {k: (None if _missing(v) else v) for k, v in entries.iloc[0].items()}  # NaN: no run has a record
+        meta = _nan_to_none(entries.iloc[0])  # NaN: no run has a record
         name = slug(task)
         made = [
             (figures.learning_curves(runs, histories, stage / f"figures/{name}-learning.png"),

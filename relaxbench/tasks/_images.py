@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import gzip
-import io
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,9 +26,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from relaxbench.records import atomic_write_bytes
+from relaxbench.records import atomic_write_bytes, atomic_write_npz
 from relaxbench.symmetry import GroupElement
-from relaxbench.tasks.base import Batch, Metric, Split, Task, TaskError
+from relaxbench.tasks.base import Batch, ClassificationTask, Split, TaskError
 
 __all__ = [
     "RotatedImageTask",
@@ -183,13 +182,12 @@ def rotation_elements(n: int, generator: torch.Generator) -> list[GroupElement]:
     return elements
 
 
-class RotatedImageTask(Task):
+class RotatedImageTask(ClassificationTask):
     """Image classification under rotations: data cached as one ``images.npz``; subclasses build the arrays.
 
     Subclasses implement :meth:`build_arrays` and set ``defaults`` (which must contain ``canvas``).
     """
 
-    metrics = (Metric("error_rate", "fraction", True), Metric("accuracy", "fraction", False))
     num_classes = 10
 
     def __init__(self, params, data_dir) -> None:
@@ -208,9 +206,7 @@ class RotatedImageTask(Task):
         for split in SPLITS:
             images, labels = arrays[split]
             payload[f"{split}_image"], payload[f"{split}_label"] = images.astype(np.float32), labels.astype(np.int64)
-        buffer = io.BytesIO()
-        np.savez(buffer, **payload)
-        atomic_write_bytes(self.data_dir / "images.npz", buffer.getvalue())
+        atomic_write_npz(self.data_dir / "images.npz", **payload)
         self.mark_prepared({
             "examples": {s: int(len(arrays[s][1])) for s in SPLITS},
             "class_counts": {s: np.bincount(arrays[s][1], minlength=self.num_classes).tolist() for s in SPLITS},
@@ -229,17 +225,6 @@ class RotatedImageTask(Task):
         size = self.params["canvas"]
         return {"kind": "image_classification", "channels": 1, "size": size, "num_classes": self.num_classes}
 
-    def loss(self, pred: Tensor, batch: Batch) -> Tensor:
-        return F.cross_entropy(pred, batch["label"])
-
-    def metric_values(self, pred: Tensor, batch: Batch) -> dict[str, Tensor]:
-        correct = (pred.argmax(dim=1) == batch["label"]).double()
-        return {
-            "loss": F.cross_entropy(pred, batch["label"], reduction="none"),
-            "error_rate": 1.0 - correct,
-            "accuracy": correct,
-        }
-
     def sample_group(self, n: int, generator: torch.Generator) -> list[GroupElement]:
         return rotation_elements(n, generator)
 
@@ -249,5 +234,3 @@ class RotatedImageTask(Task):
             return {**batch, "image": torch.rot90(image, g.data["k"], dims=(-2, -1))}
         return {**batch, "image": rotate(image, g.data["angle"])}
 
-    def act_output(self, g: GroupElement, pred: Tensor) -> Tensor:
-        return pred

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from relaxbench.records import atomic_write_text
 from relaxbench.symmetry import GroupElement
 
-__all__ = ["Batch", "Metric", "Split", "Task", "TaskError"]
+__all__ = ["Batch", "ClassificationTask", "Metric", "Split", "Task", "TaskError"]
 
 Batch = dict[str, Tensor]
 
@@ -141,3 +141,28 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def act_output(self, g: GroupElement, pred: Any) -> Any:
         """The group element acting on a prediction."""
+
+
+class ClassificationTask(Task):
+    """An invariant classification task: ``batch["label"] [B]`` int64, predictions are logits ``[B, classes]``.
+
+    Cross-entropy loss; per-example ``error_rate`` (the primary metric) and ``accuracy``; the group acts
+    trivially on the logits. Subclasses supply the data, the spec and the group's action on inputs.
+    """
+
+    metrics = (Metric("error_rate", "fraction", True), Metric("accuracy", "fraction", False))
+
+    def loss(self, pred: Tensor, batch: Batch) -> Tensor:
+        return torch.nn.functional.cross_entropy(pred, batch["label"])
+
+    def metric_values(self, pred: Tensor, batch: Batch) -> dict[str, Tensor]:
+        correct = (pred.argmax(dim=1) == batch["label"]).double()
+        return {
+            "loss": torch.nn.functional.cross_entropy(pred, batch["label"], reduction="none"),
+            "error_rate": 1.0 - correct,
+            "accuracy": correct,
+        }
+
+    def act_output(self, g: GroupElement, pred: Tensor) -> Tensor:
+        return pred
+

@@ -29,7 +29,6 @@ energy is invariant, the forces rotate and permute with the atoms and ignore tra
 
 from __future__ import annotations
 
-import io
 import json
 from functools import cached_property
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from relaxbench.records import atomic_write_bytes
+from relaxbench.records import atomic_write_npz
 from relaxbench.symmetry import GroupElement
 from relaxbench.tasks._points import rotate, sample_rotations_and_permutations
 from relaxbench.tasks.base import Batch, Metric, Split, Task, TaskError
@@ -144,9 +143,7 @@ class MD(Task):
         arrays = generate_md(p["molecule"], int(p["n_frames"]), int(p["n_trajectories"]), int(p["stride"]),
                              int(p["equilibration_steps"]), float(p["temperature_k"]), float(p["timestep_fs"]),
                              float(p["friction_per_fs"]), int(p["seed"]))
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays, name=np.array(p["molecule"]), theory=np.array(THEORY))
-        atomic_write_bytes(self.source, buffer.getvalue())
+        atomic_write_npz(self.source, **arrays, name=np.array(p["molecule"]), theory=np.array(THEORY))
 
     def _split_sizes(self, n: int) -> tuple[int, int, int]:
         """``(n_train, n_val, n_test)`` for ``n`` frames; :class:`TaskError` if they do not fit."""
@@ -159,7 +156,6 @@ class MD(Task):
 
     def prepare(self) -> None:
         p = self.params
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         if p["path"] is None:
             self._split_sizes(int(p["n_frames"]))
             self._generate()
@@ -168,9 +164,7 @@ class MD(Task):
         order = np.random.default_rng(int(p["seed"])).permutation(n)
         bounds = np.cumsum([0, *self._split_sizes(n)])
         splits = {s: order[bounds[i] : bounds[i + 1]] for i, s in enumerate(("train", "val", "test"))}
-        buffer = io.BytesIO()
-        np.savez(buffer, **splits)
-        atomic_write_bytes(self.data_dir / "splits.npz", buffer.getvalue())
+        atomic_write_npz(self.data_dir / "splits.npz", **splits)
         train = splits["train"]
         self.__dict__.pop("info", None)
         self.mark_prepared({

@@ -21,14 +21,13 @@ positions.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from relaxbench.records import atomic_write_bytes
+from relaxbench.records import atomic_write_npz
 from relaxbench.symmetry import GroupElement
 from relaxbench.tasks import _nbody_sim as sim
 from relaxbench.tasks._points import rotate, sample_rotations_and_permutations
@@ -141,10 +140,7 @@ class NBody(Task):
             arrays[f"{split}_vel"] = vel.transpose(0, 2, 1)
             arrays[f"{split}_charges"] = charges
             arrays[f"{split}_target"] = target.transpose(0, 2, 1)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.data_dir / "nbody.npz", buffer.getvalue())
+        atomic_write_npz(self.data_dir / "nbody.npz", **arrays)
         source = str(folder) if folder is not None else "generated"
         self.mark_prepared({"source": source, "examples": {s: len(d[0]) for s, d in data.items()}})
 

@@ -40,8 +40,7 @@ from scipy.spatial.transform import Rotation
 from relaxbench.records import atomic_write_bytes
 from relaxbench.tasks._points import rotate, sample_rotations_and_permutations
 from relaxbench.tasks._shapes_gen import CLASSES, generate_split
-from relaxbench.tasks.base import Split, Task, TaskError
-from relaxbench.tasks.tetris import Tetris
+from relaxbench.tasks.base import ClassificationTask, Split, TaskError
 
 __all__ = ["MODELNET40_DIR", "Shapes", "TASK", "read_h5", "write_h5"]
 
@@ -79,9 +78,8 @@ def _modelnet40_files(root: Path, split: str) -> list[Path]:
     return sorted(files, key=lambda f: int(re.sub(r"\D", "", f.name)))
 
 
-class Shapes(Task):
+class Shapes(ClassificationTask):
     name = "shapes"
-    metrics = Tetris.metrics
     defaults = {
         "dataset": "synthetic",
         "path": None,
@@ -125,7 +123,6 @@ class Shapes(Task):
             splits = {s: generate_split(p[f"n_{s}_per_class"], p["n_points"], p["jitter"], rng) for s in SPLITS}
         else:
             splits = self._convert_modelnet40(rng)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         for split, (data, label) in splits.items():
             write_h5(self.data_dir / f"{split}.h5", data, label)
         self.mark_prepared({
@@ -191,19 +188,12 @@ class Shapes(Task):
             "num_classes": len(CLASSES) if synthetic else MODELNET40_CLASSES,
         }
 
-    # --- learning: cross-entropy and error rate, exactly as for tetris's point-set classification ---------
-    loss = Tetris.loss
-    metric_values = Tetris.metric_values
-
     # --- symmetry ---------------------------------------------------------------------------------
     def sample_group(self, n, generator):
         return sample_rotations_and_permutations(n, generator, self.params["n_points"])
 
     def act(self, g, batch):
         return {**batch, "pos": rotate(g, batch["pos"])}
-
-    def act_output(self, g, pred):
-        return pred
 
 
 TASK = Shapes

@@ -8,15 +8,14 @@ of the points; logits are invariant. Tiny and fast: the proof that the trainer w
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import torch
 
-from relaxbench.records import atomic_write_bytes
+from relaxbench.records import atomic_write_npz
 from relaxbench.symmetry import random_rotation_matrices
 from relaxbench.tasks._points import rotate, sample_rotations_and_permutations
-from relaxbench.tasks.base import Batch, Metric, Split, Task
+from relaxbench.tasks.base import ClassificationTask, Split
 
 __all__ = ["SHAPES", "TASK", "Tetris"]
 
@@ -35,9 +34,8 @@ SHAPES = np.array(
 )
 
 
-class Tetris(Task):
+class Tetris(ClassificationTask):
     name = "tetris"
-    metrics = (Metric("error_rate", "fraction", True), Metric("accuracy", "fraction", False))
     defaults = {"n_train": 8, "n_val": 16, "n_test": 32, "jitter": 0.0, "seed": 0}
 
     def prepare(self) -> None:
@@ -54,10 +52,7 @@ class Tetris(Task):
             perm = torch.argsort(torch.rand(len(labels), 4, generator=gen), dim=1)
             pos = torch.take_along_dim(pos, perm.unsqueeze(-1), dim=1)
             arrays[f"{split}_pos"], arrays[f"{split}_label"] = pos.numpy(), labels
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(self.data_dir / "tetris.npz", buffer.getvalue())
+        atomic_write_npz(self.data_dir / "tetris.npz", **arrays)
         self.mark_prepared({"examples": {s: int(len(arrays[f"{s}_label"])) for s in ("train", "val", "test")}})
 
     def load_splits(self) -> dict[str, Split]:
@@ -72,25 +67,11 @@ class Tetris(Task):
     def spec(self) -> dict:
         return {"kind": "point_classification", "n_points": 4, "num_classes": len(SHAPES)}
 
-    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(pred, batch["label"])
-
-    def metric_values(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        correct = (pred.argmax(dim=1) == batch["label"]).double()
-        return {
-            "loss": torch.nn.functional.cross_entropy(pred, batch["label"], reduction="none"),
-            "error_rate": 1.0 - correct,
-            "accuracy": correct,
-        }
-
     def sample_group(self, n, generator):
         return sample_rotations_and_permutations(n, generator, 4)
 
     def act(self, g, batch):
         return {**batch, "pos": rotate(g, batch["pos"])}
-
-    def act_output(self, g, pred):
-        return pred
 
 
 TASK = Tetris

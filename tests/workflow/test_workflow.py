@@ -63,6 +63,17 @@ def test_the_workflow_stops_on_a_bad_config_naming_the_key(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_workflow_checks_model_parameters_before_any_job(tmp_path):
+    cfg = load("configs/smoke.yaml")
+    cfg["models"]["tfn"]["params"]["hiden"] = "4x0e"
+    out = snakemake("-n", "--configfile", str(write_config(tmp_path / "bad.yaml", cfg)), workdir=tmp_path,
+                    check=False)
+    assert out.returncode != 0
+    assert "at 'models.tfn.params': unknown parameter(s) ['hiden']; choices:" in out.stdout
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
 def test_the_workflow_refuses_overrides_the_jobs_would_not_see(tmp_path):
     out = snakemake("-n", "--configfile", "configs/smoke.yaml", "--config", "seeds=[0,1]", workdir=tmp_path,
                     check=False)

@@ -24,7 +24,16 @@ CHECKOUT = workflow.basedir
 sys.path.insert(0, CHECKOUT)
 os.environ.update(PYTHONPATH=os.pathsep.join([CHECKOUT, *filter(None, [os.environ.get("PYTHONPATH")])]))
 
-from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, resolve_run, run_hash, validate_config
+from relaxbench.config import (
+    ConfigError,
+    RunSpec,
+    check_model_params,
+    data_key,
+    expand_runs,
+    resolve_run,
+    run_hash,
+    validate_config,
+)
 
 DEFAULT_CONFIG = str(Path(workflow.basedir) / "configs" / "default.yaml")
 
@@ -56,9 +65,12 @@ def config_file():
 
 
 def checked_config(path):
-    """`relaxbench.config.validate_config` on Snakemake's config: names of tasks, models, methods, entries."""
+    """`relaxbench.config.validate_config` and `check_model_params` on Snakemake's config: names of tasks,
+    models, methods, entries and every task and model parameter, before any job runs."""
     try:
-        return validate_config(config, path)
+        cfg = validate_config(config, path)
+        check_model_params(cfg, path)
+        return cfg
     except ConfigError as err:
         raise WorkflowError(f"relaxbench: {err}") from None
 
