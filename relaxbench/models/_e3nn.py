@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from relaxbench.relax.dense import DenseRelaxedLinear
 
-__all__ = ["RelaxedConditionedLinear", "irreps_generators", "linear_matrix", "relaxed_conditioned", "relaxed_linear"]
+__all__ = ["irreps_generators", "linear_matrix", "relaxed_conditioned", "relaxed_linear"]
 
 
 def irreps_generators(irreps: o3.Irreps, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -65,32 +65,16 @@ def relaxed_linear(relaxed: bool, irreps_in, irreps_out, init_std: float = 1e-4)
     )
 
 
-class RelaxedConditionedLinear(DenseRelaxedLinear):
-    """``f(x, attr) = f_eq(x, attr) + theta * W x`` on irreps vectors ``[..., dim_in] -> [..., dim_out]``.
-
-    ``f_eq`` takes a second, conditioning input ``attr`` (same leading axes as ``x``) that the free branch
-    ignores; the penalties are :class:`~relaxbench.relax.dense.DenseRelaxedLinear`'s, on the recorded ``x``.
-    """
-
-    def forward(self, x: Tensor, attr: Tensor) -> Tensor:
-        y = self.equivariant(x, attr)
-        if self.theta == 0.0:
-            return y
-        if self.training and self.record_input:
-            self._last_input = x.detach()
-            self._moments = None
-        return torch.add(y, self.free(x), alpha=self.theta)
-
-
 def relaxed_conditioned(relaxed: bool, module: nn.Module, irreps_in, irreps_out, init_std: float = 1e-4) -> nn.Module:
     """``module`` (``(x [..., irreps_in.dim], attr) -> [..., irreps_out.dim]``), relaxed with a dense free branch.
 
-    The free branch is a bias-free ``Linear(dim_in -> dim_out)`` on ``x`` initialised ``N(0, init_std^2)``.
+    The free branch is a bias-free ``Linear(dim_in -> dim_out)`` on ``x`` initialised ``N(0, init_std^2)``; it
+    ignores ``attr``, which :class:`~relaxbench.relax.dense.DenseRelaxedLinear` passes to ``module`` alone.
     """
     if not relaxed:
         return module
     irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
-    return RelaxedConditionedLinear(
+    return DenseRelaxedLinear(
         module,
         irreps_in.dim,
         irreps_out.dim,

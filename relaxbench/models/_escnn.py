@@ -252,8 +252,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         conv = self.equivariant
         if self.theta == 0.0:
             return conv(x)
-        if self.training and self.record_input:
-            self._last_input = x.tensor[: self.penalty_examples].detach()
+        self._record(x.tensor[: self.penalty_examples])
         weight, bias = conv.expand_parameters() if self.training else (conv.filter, conv.expanded_bias)
         weight = weight + self.theta * self.free.weight
         out = F.conv2d(x.tensor, weight, bias, conv.stride, conv.padding, conv.dilation)

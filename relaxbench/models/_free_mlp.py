@@ -95,8 +95,7 @@ class RelaxedFreeMLP(RelaxedLayer):
         if self.theta == 0.0:
             return out
         x = torch.cat([y, context], dim=-1)
-        if self.training and self.record_input:
-            self._last_input = x.detach()
+        self._record(x)
         return out + self.theta * self.free(x)
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:

@@ -140,9 +140,14 @@ class RelaxedVNLinear(RelaxedLayer):
         object.__setattr__(self, "_moment_source", source)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.theta != 0.0 and self.training and self.record_input:
-            self._last_input, self._moments = x.detach(), None
-        return self.equivariant(x) if self.theta == 0.0 else self._fused(x)
+        if self.theta == 0.0:
+            return self.equivariant(x)
+        self._record(x)
+        return self._fused(x)
+
+    def _record(self, x: Tensor) -> None:
+        super()._record(x)
+        self._moments = None
 
     def _fused(self, x: Tensor) -> Tensor:
         b, pts = x.shape[0], x.shape[3:]

@@ -116,17 +116,21 @@ class DenseRelaxedLinear(RelaxedLayer):
         self._moments: tuple[Tensor, Tensor, int] | None = None
         self._sparse_generators: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *condition: Tensor) -> Tensor:
+        """``x [*lead, d_in] -> [*lead, d_out]``; ``condition`` (e.g. node attributes for a conditioned tensor
+        product) goes to the equivariant map only, and rules out the fused forward."""
         if self.theta == 0.0:
-            return self.equivariant(x)
-        if self.training and self.record_input:
-            self._last_input = x.detach()
-            self._moments = None
-        if self._equivariant_matrix is None:
-            return self.equivariant(x) + self.theta * self.free(x)
+            return self.equivariant(x, *condition)
+        self._record(x)
+        if self._equivariant_matrix is None or condition:
+            return torch.add(self.equivariant(x, *condition), self.free(x), alpha=self.theta)
         weight = self._equivariant_matrix() + self.theta * self.free.weight.t()
         y = x @ weight
         return y if self.free.bias is None else y + self.theta * self.free.bias
+
+    def _record(self, x: Tensor) -> None:
+        super()._record(x)
+        self._moments = None
 
     def moments(self) -> tuple[Tensor, Tensor, int]:
         """``(S [d_in, d_in], m [d_in], n)`` of the last input: second moment, sum, number of vectors."""

@@ -81,9 +81,14 @@ class RelaxedLayer(nn.Module):
         y = self.equivariant(x)
         if self.theta == 0.0:
             return y
+        self._record(x)
+        return y + self.theta * self.free(x)
+
+    def _record(self, x: Tensor) -> None:
+        """Keep the free map's input (detached) for :meth:`penalty_terms` when training with ``record_input``;
+        layers that cache statistics of it reset them here. Called only at theta > 0."""
         if self.training and self.record_input:
             self._last_input = x.detach()
-        return y + self.theta * self.free(x)
 
     def free_linear(self, x: Tensor) -> Tensor:
         """The bias-free free map applied to ``x``."""
