@@ -10,7 +10,7 @@ nonlinearity.
 **Group action and penalty generators.** A group element ``g`` acts on a field tensor
 ``x [B, C, H, W]`` of type ``T`` by ``(g x)(p) = rho_T(g) x(g^-1 p)``: the fibre matrix ``rho_T(g)``
 (escnn's ``T.representation(g)``) on the channel axis and the base-space action on the pixel grid. The
-Lie-type penalty of METHOD.md uses, for finite groups, the finite difference
+Lie-type penalty of the method (docs/ARCHITECTURE.md, "Penalty") uses, for finite groups, the finite difference
 ``sum_g ||W(g x) - g W(x)||^2`` over a set of generators ``g``:
 
 - ``generators="grid"`` (default): the generators of the largest subgroup that acts *exactly* on the pixel

@@ -1,6 +1,6 @@
 """A relaxed layer whose free branch is a nonlinear MLP of the layer input and extra context.
 
-This is the Equiformer variant of the method (METHOD.md section 2): next to an equivariant map
+This is the Equiformer variant of the method (the published Equiformer code): next to an equivariant map
 ``f_eq: y -> out`` sits a free MLP ``W`` of ``x = [y, c]``, where the context ``c`` may hold anything the
 free map should see (in the SE(3)-transformer: the node attribute and the raw centred position), so
 

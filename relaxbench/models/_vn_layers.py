@@ -5,7 +5,7 @@ Representation: a VN feature is a list of 3D vectors per point, ``x [B, C, 3, *p
 Every layer here maps such features to such features (``C_in -> C_out``) and commutes with that action;
 :class:`VNStdFeature` returns invariant features.
 
-The relaxation (METHOD.md, "Vector Neurons"): next to every VN linear map ``x -> W x`` (``W [C_out, C_in]``,
+The relaxation (as in the published VN code): next to every VN linear map ``x -> W x`` (``W [C_out, C_in]``,
 mixing channels only) a free dense map of each point's flattened ``(channel, xyz)`` vector,
 ``Linear(3 C_in -> 3 C_out)`` with bias, zero-initialised as in the published VN-PointNet. The flattening
 is channel-major (index ``3 c + i`` for channel ``c``, coordinate ``i``), which is simply ``x.reshape(B,

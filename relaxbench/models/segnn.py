@@ -5,7 +5,7 @@ particles) and returns predicted positions ``loc + dx``, ``[B, N, 3]``. Represen
 xyz order):
 
 - node input ``2x1o + 1x0e``: position centred on the particles' mean, velocity, speed ``|v|``. (The published
-  code averages over x, y, z instead of over particles, which breaks translation equivariance; METHOD.md 4.7.)
+  code averages over x, y, z instead of over particles, which breaks translation equivariance.)
 - edge attribute ``a_ij = Y(x_i - x_j)``, spherical harmonics up to ``l_max`` (``component`` normalisation, so
   each component is O(1)); node attribute ``a_i = (mean_j Y(x_i - x_j) + Y(v_i)) / 2`` (SEGNN sums the two; the
   half keeps the attribute at the scale e3nn's tensor-product normalisation assumes, otherwise every layer

@@ -186,8 +186,9 @@ class SteerableCNN(nn.Module):
         """Plain-torch copy of the projected model for evaluation (``batch -> logits``), via escnn ``export()``.
 
         escnn copies weights into float32 modules, which are then cast to the model's dtype (so a float64
-        model's export agrees with it to float32 rounding). Returns ``self`` where escnn cannot export (SO(2): ``FourierPointwise`` and ``NormPool`` have no
-        export) or the model is not projected (a relaxed layer with theta > 0). Puts the model in eval mode.
+        model's export agrees with it to float32 rounding). Returns ``self`` where escnn cannot export (SO(2):
+        ``FourierPointwise`` and ``NormPool`` have no export) or the model is not projected (a relaxed layer
+        with theta > 0). Puts the model in eval mode.
         """
         self.eval()
         if self.group == "SO2" or any(layer.theta != 0.0 for layer in relaxed_layers(self)):

@@ -12,7 +12,7 @@ finite difference ``W(rho_in(g) x) - rho_out(g) W(x)``.
 Layout: a :class:`FeatureAction` returns the actions of all ``G`` generators *stacked on a new leading
 axis*, ``[G, *x.shape]``, and the penalty compares ``W`` applied to each slice with the output action of
 the same slice. The published code laid the generator outputs out generator-major and split them
-component-major, which penalises exactly equivariant maps (METHOD.md section 4.1); keeping the generator
+component-major, which penalises exactly equivariant maps; keeping the generator
 axis separate from the feature axes makes that mistake impossible here.
 """
 

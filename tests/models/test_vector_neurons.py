@@ -249,7 +249,7 @@ def test_lie_penalty_matches_the_definition_and_dense_relaxed_linear():
 
 
 def _published_lie_sq(weight: torch.Tensor, x: torch.Tensor, gens: torch.Tensor) -> torch.Tensor:
-    """The published computation (METHOD.md 4.1): the generator actions are laid out generator-major,
+    """The published computation: the generator actions are laid out generator-major,
     ``[L_x x, L_y x, L_z x]``, but split back as if component-major."""
     flat = x.reshape(x.shape[0], x.shape[1] * 3, -1).transpose(1, 2)  # [B, P, d]
     d = flat.shape[-1]
