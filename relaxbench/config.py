@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -135,19 +134,16 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
 def check_model_params(cfg: Mapping[str, Any], source: str = "config") -> None:
     """Raise :class:`ConfigError` for a ``models.<name>.params`` key that the model's ``build`` does not take.
 
-    Imports every model module of the config (escnn, e3nn, ...), so it is not part of :func:`validate_config`,
-    which every job runs; the workflow calls it once when it reads the config, before any job starts.
+    Reads built-in models' signatures from their source and imports ``module:function`` entries
+    (:func:`relaxbench.registry.build_parameters`); the workflow calls it once when it reads the config,
+    before any job starts.
     """
     for key, model in cfg["models"].items():
-        build = registry.get_model(model["arch"], model.get("family")).build
-        names = inspect.signature(build).parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in names.values()):
-            continue
-        choices = sorted(set(names) - {"spec", "relaxed"})
-        unknown = sorted(set(model.get("params", {})) - set(choices))
-        if unknown:
+        build = registry.build_parameters(model["arch"], model.get("family"))
+        unknown = sorted(set(model.get("params", {})) - set(build.names))
+        if unknown and not build.any_keyword:
             raise ConfigError(f"{source}: at 'models.{key}.params': unknown parameter(s) {unknown}; "
-                              f"choices: {choices}")
+                              f"choices: {sorted(build.names)}")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -15,17 +15,23 @@ plus ``family:``; only modules named in the config are imported.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import inspect
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Callable
-
-from torch import nn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import relaxbench.models
 import relaxbench.tasks
 
-__all__ = ["ModelEntry", "RegistryError", "get_model", "get_task_class", "model_names", "task_names"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["BuildParameters", "ModelEntry", "RegistryError", "build_parameters", "get_model", "get_task_class",
+           "model_names", "task_names"]
 
 _PRIVATE = {"base"}
 
@@ -65,8 +71,8 @@ class ModelEntry:
 
     arch: str
     family: str
-    build: Callable[..., nn.Module]
-    build_unconstrained: Callable[..., nn.Module] | None
+    build: Callable[..., "nn.Module"]
+    build_unconstrained: Callable[..., "nn.Module"] | None
 
 
 def _import_entry(arch: str) -> Callable[..., Any]:
@@ -97,3 +103,37 @@ def get_model(arch: str, family: str | None = None) -> ModelEntry:
     return ModelEntry(
         arch, family or module.FAMILY, module.build, getattr(module, "build_unconstrained", None)
     )
+
+
+@dataclass(frozen=True)
+class BuildParameters:
+    """The model parameters a ``build`` function takes (besides ``spec`` and ``relaxed``)."""
+
+    names: tuple[str, ...]
+    any_keyword: bool  # ``build`` has a ``**params`` catch-all
+
+
+def build_parameters(arch: str, family: str | None = None) -> BuildParameters:
+    """The keyword parameters of a model's ``build``.
+
+    A built-in model's signature is read from its module's source (``ast``), so checking a config's
+    ``params`` imports no model library (escnn and e3nn take seconds to import, which every Snakemake
+    invocation would pay); a ``module:function`` entry is imported and inspected.
+    """
+    if ":" in arch:
+        params = inspect.signature(get_model(arch, family).build).parameters.values()
+        return BuildParameters(
+            tuple(p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                  and p.name not in ("spec", "relaxed")),
+            any(p.kind is p.VAR_KEYWORD for p in params),
+        )
+    if arch not in model_names():
+        raise RegistryError(
+            f"unknown model {arch!r}; choices: {model_names()} or a 'package.module:function' entry"
+        )
+    source = Path(importlib.util.find_spec(f"relaxbench.models.{arch}").origin)
+    tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    build = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "build")
+    args = build.args
+    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    return BuildParameters(tuple(n for n in names if n not in ("spec", "relaxed")), args.kwarg is not None)

@@ -1,10 +1,14 @@
 """Config validation: bad input names the key and the choices."""
 
 import copy
+import inspect
+import subprocess
+import sys
 
 import pytest
 import yaml
 
+from relaxbench import registry
 from relaxbench.config import ConfigError, RunSpec, expand_runs, load_config, resolve_run, run_hash, validate_config
 
 
@@ -93,3 +97,23 @@ def test_model_params_are_checked_against_the_build_signature(tiny_config):
     cfg = validate_config(tiny_config)  # the cheap check every job runs does not import the models
     with pytest.raises(ConfigError, match=r"at 'models.tfn.params': unknown parameter\(s\) \['hiden'\]; choices: \[.*'hidden'"):
         check_model_params(cfg, "cfg.yaml")
+
+
+@pytest.mark.parametrize("arch", registry.model_names())
+def test_build_parameters_read_from_source_match_the_imported_signature(arch):
+    """The source-read signature (what the workflow checks) is the one Python sees after importing."""
+    params = inspect.signature(registry.get_model(arch).build).parameters.values()
+    expected = tuple(p.name for p in params if p.name not in ("spec", "relaxed")
+                     and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+    read = registry.build_parameters(arch)
+    assert read.names == expected
+    assert read.any_keyword == any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def test_checking_model_params_imports_no_model_library(tiny_config):
+    """`snakemake` checks every config's params when it parses the Snakefile: that must not import escnn/e3nn."""
+    code = ("import sys; from relaxbench.config import validate_config, check_model_params; import yaml; "
+            f"cfg = validate_config(yaml.safe_load({yaml.safe_dump(tiny_config)!r})); check_model_params(cfg); "
+            "print(sorted(m for m in ('escnn', 'e3nn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

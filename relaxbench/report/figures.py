@@ -208,9 +208,9 @@ def spread_figure(board: pd.DataFrame, aggregates: pd.DataFrame, path: Path) -> 
                 if not data.empty:
                     sns.stripplot(data=data, x="method", y=q, hue="method", order=methods, palette=colors, ax=ax,
                                   size=6, jitter=0.15, legend=False, edgecolor="white", linewidth=0.6)
-                stats = entries.loc[methods]
-                mean = stats[f"{q}_mean"]
-                ax.errorbar(range(len(methods)), mean, yerr=[mean - stats[f"{q}_ci_low"], stats[f"{q}_ci_high"] - mean],
+                stats = entries.loc[methods, [f"{q}_mean", f"{q}_ci_low", f"{q}_ci_high"]].to_numpy(dtype=float)
+                mean, low, high = stats.T
+                ax.errorbar(range(len(methods)), mean, yerr=[mean - low, high - mean],
                             fmt="_", color="black", ms=18, mew=2, capsize=4, lw=1.2, zorder=5)
                 ax.set_xticks(range(len(methods)), labels if i == len(rows) - 1 else [""] * len(methods))
                 ax.set_xlabel("")
