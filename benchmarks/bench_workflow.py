@@ -5,7 +5,8 @@ cached between them), then reads Snakemake's per-job benchmark files and the run
 
 - wall time per ``--cores`` and the speed-up of the largest over ``--cores 1``;
 - overhead = wall time at ``--cores 1`` minus the sum of the training jobs' times, as a share of the wall time
-  (it contains Snakemake itself, the data jobs, collect and report);
+  (it contains Snakemake itself, the data jobs, collect and report), split into those parts, next to the
+  start-up floor of one job process (``python -m relaxbench --version``: Python, torch and the CLI);
 - the equivariance-error evaluation's cost relative to one training epoch (``eval_time_s`` of the record
   against the mean ``train_seconds`` of its history), as the median per model and over models (a model with
   many methods, such as the ablations' tfn, would otherwise dominate a median over runs);
@@ -40,6 +41,27 @@ def run_workflow(config: Path, cores: int, workdir: Path) -> float:
     return time.perf_counter() - t0
 
 
+def startup_seconds(repeats: int = 3) -> float:
+    """Median wall seconds of ``python -m relaxbench --version``: what every job process pays before working."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "relaxbench", "--version"], check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def other_jobs(results: Path) -> dict[str, tuple[int, float]]:
+    """``{stage: (jobs, seconds)}`` of the jobs that are not training (data, collect, report)."""
+    stages: dict[str, tuple[int, float]] = {}
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+        stage = tsv.relative_to(results / "benchmarks").parts[0].removesuffix(".tsv")
+        if stage != "train":
+            n, s = stages.get(stage, (0, 0.0))
+            stages[stage] = (n + 1, s + float(pd.read_csv(tsv, sep="\t")["s"].iloc[0]))
+    return stages
+
+
 def job_table(results: Path) -> pd.DataFrame:
     """One row per training job: Snakemake's seconds and max RSS, the record's eval cost against an epoch."""
     rows = []
@@ -64,13 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = yaml.safe_load(args.config.read_text())["name"]
     print(f"# {' '.join(['python', *sys.argv])}")
-    walls, jobs = {}, None
+    walls, jobs, others = {}, None, {}
     for cores in sorted(args.cores):
         with tempfile.TemporaryDirectory() as tmp:
             walls[cores] = run_workflow(args.config, cores, Path(tmp))
             table = job_table(Path(tmp) / "results" / name)
             if cores == min(args.cores):
-                jobs = table
+                jobs, others = table, other_jobs(Path(tmp) / "results" / name)
             if args.keep:
                 shutil.copytree(Path(tmp) / "results" / name, args.keep / f"cores{cores}", dirs_exist_ok=True)
         print(f"--cores {cores}: wall {walls[cores]:.1f} s, {len(table)} training jobs")
@@ -80,6 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     train = jobs["job_s"].sum()
     print(f"--cores {low}: training jobs {train:.1f} s of {walls[low]:.1f} s wall; "
           f"everything else (Snakemake, data, collect, report) {100 * (walls[low] - train) / walls[low]:.1f}%")
+    snakemake = walls[low] - train - sum(s for _, s in others.values())
+    print("  of which: " + ", ".join(f"{stage} {s:.1f} s ({n} jobs)" for stage, (n, s) in others.items())
+          + f", Snakemake itself (wall minus all jobs) {snakemake:.1f} s")
+    startup = startup_seconds()
+    n_other = sum(n for n, _ in others.values())
+    print(f"  start-up floor per job process (python -m relaxbench --version): {startup:.2f} s; "
+          f"x {n_other} non-training jobs = {startup * n_other:.1f} s")
     per_model = jobs.assign(model=jobs["run"].str.split("/").str[1]).groupby("model")["eval_over_epoch"].median()
     print(f"equivariance-error evaluation / one training epoch: median over models {per_model.median():.3f} "
           f"(per model: {', '.join(f'{m} {v:.3f}' for m, v in per_model.items())}); over runs: median "

@@ -153,9 +153,13 @@ def fibre_matrix(field_type: enn.FieldType, g: EscnnElement) -> Tensor:
 
 def field_action(x: Tensor, field_type: enn.FieldType, g: EscnnElement) -> Tensor:
     """``(g x)(p) = rho_T(g) x(g^-1 p)`` for a field tensor ``x [B, C, S, S]`` of type ``T`` (differentiable)."""
-    rho = fibre_matrix(field_type, g).to(x)
-    moved = torch.einsum("ij,bj...->bi...", rho, x)
-    return grid_action(moved, _basespace_matrix(field_type.gspace, g))
+    return _fibre_and_grid_action(x, fibre_matrix(field_type, g), _basespace_matrix(field_type.gspace, g))
+
+
+def _fibre_and_grid_action(x: Tensor, rho: Tensor, m: np.ndarray) -> Tensor:
+    """:func:`field_action` with the fibre matrix ``rho [C, C]`` and base-space matrix ``m [2, 2]`` given
+    (e.g. computed once per layer rather than from escnn on every call)."""
+    return grid_action(torch.einsum("ij,bj...->bi...", rho.to(x), x), m)
 
 
 def generator_elements(gspace, generators: Generators = "grid") -> list[EscnnElement]:
@@ -213,8 +217,9 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             nn.init.normal_(layer.weight, 0.0, init_std) if init_std > 0 else nn.init.zeros_(layer.weight)
             return layer
 
-        def act(field_type):
-            return lambda x: torch.stack([field_action(x, field_type, g) for g in elements])
+        def act(field_type):  # escnn's matrices of each generator, computed once
+            mats = [(fibre_matrix(field_type, g), _basespace_matrix(field_type.gspace, g)) for g in elements]
+            return lambda x: torch.stack([_fibre_and_grid_action(x, rho, m) for rho, m in mats])
 
         super().__init__(conv, free, make_finite_action(act(conv.in_type), act(conv.out_type)))
         self.in_type, self.out_type = conv.in_type, conv.out_type
