@@ -37,7 +37,7 @@ from relaxbench.methods import Method, get_method
 from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
 from relaxbench.relax import free_parameters, relaxation_penalty, set_theta
 from relaxbench.symmetry import EquivarianceError, model_equivariance_error
-from relaxbench.tasks.base import Split, Task
+from relaxbench.tasks.base import Batch, Split, Task
 
 __all__ = ["Diverged", "Trainer", "build_model", "evaluate", "regulariser", "select_device", "train_run"]
 
@@ -225,11 +225,18 @@ class Trainer:
         self.resumed = True
 
     # --- training ---------------------------------------------------------------------------------
+    def equivariance_examples(self) -> Batch:
+        """The ``equivariance_examples`` test examples the equivariance error is measured on, drawn with seed 0:
+        the same examples for every run of a task, whatever its method or seed (test splits are often ordered
+        by class, so not simply the first ones)."""
+        examples = self.splits["test"].sample(self.cfg["equivariance_examples"], seed=0)
+        return {k: v.to(self.device) for k, v in examples.items()}
+
     def equivariance_error(self) -> EquivarianceError:
-        """The model's equivariance error as the run records it: the first ``equivariance_examples`` test
-        examples, ``equivariance_samples`` group elements drawn with a generator seeded from the run's seed,
-        in ``equivariance_dtype``, forward passes of at most ``eval_batch_size`` examples."""
-        batch = {k: v.to(self.device) for k, v in self.splits["test"].head(self.cfg["equivariance_examples"]).items()}
+        """The model's equivariance error as the run records it: on :meth:`equivariance_examples`, with
+        ``equivariance_samples`` group elements drawn with a generator seeded from the run's seed, in
+        ``equivariance_dtype``, forward passes of at most ``eval_batch_size`` examples."""
+        batch = self.equivariance_examples()
         return model_equivariance_error(self.model, self.task, batch, self.cfg["equivariance_samples"],
                                         10_000 + self.seed, dtype=getattr(torch, self.cfg["equivariance_dtype"]),
                                         max_batch=self.cfg["eval_batch_size"])

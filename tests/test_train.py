@@ -5,10 +5,13 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
+from relaxbench import registry
 from relaxbench.config import RunSpec, resolve_run, validate_config
 from relaxbench.records import read_record
-from relaxbench.train import train_run
+from relaxbench.tasks.base import Split
+from relaxbench.train import Trainer, train_run
 
 METRICS_ONLY = ("train", "val", "test", "gen_gap", "equiv_init_exact", "equiv_final_exact", "best_epoch",
                 "test_metric_unprojected", "params_total", "params_free")
@@ -83,3 +86,27 @@ def test_rpp_keeps_its_free_branch_at_evaluation(tiny_config, tmp_path):
     assert record.run_config["method_params"]["project"] is False
     assert record.test_metric_unprojected is None
     assert math.isfinite(record.test["loss"])
+
+
+def test_equivariance_examples_are_one_fixed_subset_across_the_classes(tiny_config, tmp_path):
+    """Tetris stores its test split ordered by class: the first 8 examples would all be one shape."""
+    cfg = validate_config(tiny_config)
+    trainers = []
+    for method, seed in (("relaxed", 0), ("equivariant", 1)):
+        resolved = resolve_run(cfg, RunSpec("tetris", "tfn", method, seed))
+        task = registry.get_task_class("tetris")(resolved["task_params"], tmp_path / "data")
+        if not task.prepared():
+            task.prepare()
+        trainers.append(Trainer(resolved, task, task.load_splits(), torch.device("cpu"), quiet=True))
+    first, second = (t.equivariance_examples() for t in trainers)
+    assert len(first["label"]) == cfg["training"]["equivariance_examples"]
+    assert len(set(first["label"].tolist())) >= 4  # spans the classes (8 of them)
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the same examples for every method and seed
+
+
+def test_split_sample_is_seeded_ordered_and_capped():
+    split = Split({"x": torch.arange(10.0)})
+    a = split.sample(4, seed=3)
+    assert torch.equal(a["x"], split.sample(4, seed=3)["x"]) and torch.equal(a["x"], a["x"].sort().values)
+    assert not torch.equal(a["x"], split.sample(4, seed=4)["x"])
+    assert torch.equal(split.sample(50)["x"], torch.arange(10.0))

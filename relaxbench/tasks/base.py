@@ -54,6 +54,14 @@ class Split:
         """The first ``n`` examples as one batch."""
         return {k: v[:n] for k, v in self.tensors.items()}
 
+    def sample(self, n: int, seed: int = 0) -> Batch:
+        """``n`` examples drawn without replacement by a generator seeded with ``seed``, in split order (the
+        whole split when ``n >= len(self)``). Splits are often ordered by class; this is not the first ``n``."""
+        if n >= self.size:
+            return self.head(self.size)
+        index = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return {k: v[index] for k, v in self.tensors.items()}
+
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
     ) -> Iterator[Batch]:
