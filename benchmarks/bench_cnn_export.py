@@ -15,6 +15,7 @@ import sys
 import time
 
 import torch
+from _threads import limit_threads
 
 from relaxbench.models import steerable_cnn
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-batch", type=int, default=256)
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    limit_threads(1)
     spec = {"kind": "image_classification", "channels": 1, "size": args.size, "num_classes": 10}
     torch.manual_seed(0)
     model = steerable_cnn.build(spec, group=args.group, N=args.N, channels=args.channels).eval()

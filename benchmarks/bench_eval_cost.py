@@ -4,9 +4,10 @@ For each model entry of the config (its first task, the ``relaxed`` method where
 ``relaxbench.train.Trainer`` is built exactly as a workflow job builds it; then one training epoch and one
 evaluation of the equivariance error as the run records it (``Trainer.equivariance_error``:
 ``training.equivariance_examples`` test examples x ``equivariance_samples`` group elements, in
-``equivariance_dtype``) are timed alternately, ``rounds`` times, in one process. The ratio reported is the median over rounds of eval seconds / epoch seconds (wall time, one
-torch thread). Task data are generated into (or read from) the workflow's cache folder
-``results/<config>/data/<task>/<key>``.
+``equivariance_dtype``) are timed alternately, ``rounds`` times, in one process. The ratio reported is the
+median over rounds of eval seconds / epoch seconds (wall time, one torch thread). Next to it, the floor of any
+evaluation: one gradient-free forward pass of one training batch, over the epoch. Task data are generated
+into (or read from) the workflow's cache folder ``results/<config>/data/<task>/<key>``.
 
     python benchmarks/bench_eval_cost.py [--config configs/default.yaml] [--rounds 3] [--models tfn egnn]
 """
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from _threads import limit_threads
 
 from relaxbench import registry
 from relaxbench.config import RunSpec, load_config, resolve_run
@@ -41,7 +43,8 @@ def time_model(cfg: dict, model: str, rounds: int) -> dict[str, float | str]:
         task.prepare()
     trainer = Trainer(resolved, task, task.load_splits(), torch.device("cpu"), quiet=True)
     tcfg = trainer.cfg
-    epochs, evals = [], []
+    batch = next(trainer.splits["train"].batches(tcfg["batch_size"]))
+    epochs, evals, forwards = [], [], []
     for r in range(rounds):
         epoch = min(r + 1, tcfg["epochs"] // 2)  # theta > 0 on the triangle schedule: the relaxed step
         t0 = time.perf_counter()
@@ -51,11 +54,16 @@ def time_model(cfg: dict, model: str, rounds: int) -> dict[str, float | str]:
         t0 = time.perf_counter()
         err = trainer.equivariance_error()
         evals.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()  # (the model is in eval mode after the metric)
+        with torch.no_grad():
+            task.predict(trainer.model, batch)
+        forwards.append(time.perf_counter() - t0)
     return {
         "case": f"{resolved['task']}:{model}:{method}",
         "epoch_s": statistics.median(epochs),
         "eval_s": statistics.median(evals),
         "ratio": statistics.median(e / t for e, t in zip(evals, epochs)),
+        "forward_ratio": statistics.median(f / t for f, t in zip(forwards, epochs)),
         "eval": f"{err.n_examples} x {err.n_elements} {err.dtype}",
         "steps": -(-len(trainer.splits["train"]) // tcfg["batch_size"]),  # ceil
     }
@@ -67,17 +75,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="*", default=None, help="model entries (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    limit_threads(1)
     cfg = load_config(args.config)
     print(f"# {' '.join(['python', *sys.argv])}")
     print(f"# torch {torch.__version__}, 1 thread, median of {args.rounds} rounds (epoch, then evaluation)")
-    print(f"{'case':<38}{'steps/epoch':>12}{'epoch s':>10}{'eval s':>9}{'eval/epoch':>12}  evaluation")
+    print(f"{'case':<38}{'steps/epoch':>12}{'epoch s':>10}{'eval s':>9}{'eval/epoch':>12}{'1 fwd/epoch':>13}"
+          "  evaluation")
     ratios = []
     for model in args.models or list(cfg["models"]):
         r = time_model(cfg, model, args.rounds)
         ratios.append(r["ratio"])
-        print(f"{r['case']:<38}{r['steps']:>12}{r['epoch_s']:>10.3f}{r['eval_s']:>9.3f}{r['ratio']:>12.3f}  "
-              f"{r['eval']}")
+        print(f"{r['case']:<38}{r['steps']:>12}{r['epoch_s']:>10.3f}{r['eval_s']:>9.3f}{r['ratio']:>12.3f}"
+              f"{r['forward_ratio']:>13.3f}  {r['eval']}")
     print(f"# median over models: {statistics.median(ratios):.3f} (goal: at most 0.10)")
 
 

@@ -3,7 +3,10 @@
 For every case (task, model, params) the plain and the relaxed model are built from one seed, and steps of the
 three variants are timed alternately in one process (``rounds`` rounds of ``steps`` steps each), so that the
 machine's noise hits all three alike; the ratio reported is the median over rounds of the per-round ratios.
-Time is the process's CPU time (one torch thread), which a shared machine disturbs far less than wall time.
+Time is the process's CPU time (one torch thread), which a shared machine disturbs far less than wall time;
+the BLAS/OpenMP pools of numpy and friends are limited to the same threads, as Snakemake limits a job's
+(``OPENBLAS_NUM_THREADS`` etc.): otherwise idle OpenBLAS threads spinning after a small numpy call are
+counted as the step's CPU time.
 A step is what the trainer does: forward, task loss, the method's regulariser, backward, optimiser step.
 
     python benchmarks/bench_step_time.py [--cases tetris:tfn ...] [--rounds 7] [--steps 5] [--threads 1]
@@ -18,6 +21,7 @@ import tempfile
 import time
 
 import torch
+from _threads import limit_threads
 
 from relaxbench import registry
 from relaxbench.methods import get_method
@@ -38,6 +42,7 @@ CASES = {
     "rotdigits:steerable_cnn": ("rotdigits", DIGITS, "steerable_cnn", {}, 32),
     "rotdigits:steerable_cnn(full batch)": ("rotdigits", DIGITS, "steerable_cnn", {"penalty_examples": None}, 32),
     "rotdigits:steerable_cnn(pen8)": ("rotdigits", DIGITS, "steerable_cnn", {"penalty_examples": 8}, 32),
+    "rotdigits:steerable_cnn(group generators)": ("rotdigits", DIGITS, "steerable_cnn", {"generators": "group"}, 32),
     "md:se3_transformer": ("md", TINY_MD, "se3_transformer", {}, 16),
     "md:se3_transformer(finite)": ("md", TINY_MD, "se3_transformer", {"lie_mode": "finite"}, 16),
     "shapes:vn_pointnet": ("shapes", SHAPES, "vn_pointnet", {"k": 10}, 24),
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
     print(f"# {' '.join(['python', *sys.argv])}")
     print(f"# torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps")
     print(f"{'case':<34}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}")

@@ -1,7 +1,7 @@
 """The suite's own costs, from a real workflow run: wall time, parallel speed-up, overhead, evaluation, memory.
 
-Runs ``snakemake`` on a config once per ``--cores`` value, each in a fresh working directory (so nothing is
-cached between them), then reads Snakemake's per-job benchmark files and the run records:
+Times a dry run, then runs ``snakemake`` on a config once per ``--cores`` value, each in a fresh working
+directory (so nothing is cached between them), and reads Snakemake's per-job benchmark files and the run records:
 
 - wall time per ``--cores`` and the speed-up of the largest over ``--cores 1``;
 - overhead = wall time at ``--cores 1`` minus the sum of the training jobs' times, as a share of the wall time
@@ -31,11 +31,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_workflow(config: Path, cores: int, workdir: Path) -> float:
-    """Wall seconds of one complete ``snakemake`` run of ``config`` in ``workdir``."""
+def run_workflow(config: Path, cores: int, workdir: Path, dry_run: bool = False) -> float:
+    """Wall seconds of one complete ``snakemake`` run of ``config`` in ``workdir`` (or of its dry run: parsing
+    the Snakefile, checking the config and building the DAG)."""
     cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
            str(config.resolve()), "--cores", str(cores), "--workflow-profile", str(REPO / "workflow/profiles/default"),
-           "--quiet", "all"]
+           "--quiet", *(["--dry-run"] if dry_run else []), "all"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - t0
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     name = yaml.safe_load(args.config.read_text())["name"]
     print(f"# {' '.join(['python', *sys.argv])}")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"dry run (parse the Snakefile, check the config, build the DAG): "
+              f"{run_workflow(args.config, 1, Path(tmp), dry_run=True):.1f} s")
     walls, jobs, others = {}, None, {}
     for cores in sorted(args.cores):
         with tempfile.TemporaryDirectory() as tmp:
