@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from relaxbench import __version__, registry
 from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
@@ -72,7 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolved = resolve_run(cfg, run)
     run_dir = Path(args.out) if args.out else run.path(cfg["name"], args.results)
     data_dir = Path(args.data_dir) if args.data_dir else data_dir_for(cfg, args.task, args.results)
-    torch.set_num_threads(args.threads or cfg["threads"])
+    threads = args.threads or cfg["threads"]
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)  # numpy's BLAS too, as Snakemake's OPENBLAS_NUM_THREADS does for its jobs
     from relaxbench.train import train_run
 
     record = train_run(resolved, run_dir, data_dir, quiet=args.quiet, resume=args.resume)
@@ -139,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", required=True, type=_non_negative)
     p.add_argument("--out", help="run folder (default: results/<config>/runs/<task>/<model>/<method>/seed<k>)")
     p.add_argument("--data-dir", help="the task's data folder (default: the config's cache)")
-    p.add_argument("--threads", type=_positive, help="torch threads (default: the config's 'threads')")
+    p.add_argument("--threads", type=_positive, help="threads for torch and numpy's BLAS (default: the config's 'threads')")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

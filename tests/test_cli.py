@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import yaml
+from threadpoolctl import threadpool_info
 
 from relaxbench.cli import main
 
@@ -38,6 +39,8 @@ def test_data_then_train_then_cached(tmp_path, tiny_config, capsys):
     assert main(args) == 0
     assert "ok, test error_rate" in capsys.readouterr().out
     assert (tmp_path / "results/unit/runs/tetris/tfn/relaxed/seed0/record.json").exists()
+    # the config's `threads` (1) holds for numpy's BLAS and OpenMP pools too, not only for torch
+    assert {pool["num_threads"] for pool in threadpool_info()} == {1}
 
 
 BAD_RUNS = [
