@@ -15,9 +15,9 @@ import sys
 import time
 
 import torch
-from _threads import limit_threads
 
 from relaxbench.models import steerable_cnn
+from relaxbench.threads import limit_threads
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from _threads import limit_threads
 
 from relaxbench import registry
 from relaxbench.config import RunSpec, load_config, resolve_run
 from relaxbench.relax import set_theta
+from relaxbench.threads import limit_threads
 from relaxbench.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,8 @@ def time_model(cfg: dict, model: str, rounds: int) -> dict[str, float | str]:
         t0 = time.perf_counter()
         err = trainer.equivariance_error()
         evals.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()  # (the model is in eval mode after the metric)
+        trainer.model.eval()  # as an evaluation runs it (train_epoch switches back)
+        t0 = time.perf_counter()
         with torch.no_grad():
             task.predict(trainer.model, batch)
         forwards.append(time.perf_counter() - t0)

@@ -21,11 +21,11 @@ import tempfile
 import time
 
 import torch
-from _threads import limit_threads
 
 from relaxbench import registry
 from relaxbench.methods import get_method
 from relaxbench.relax import free_parameters, set_theta
+from relaxbench.threads import limit_threads
 from relaxbench.train import regulariser
 
 # (task, task params, model, model params, batch size): each family at its CPU-scale default (the batch size of
@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     limit_threads(args.threads)
     print(f"# {' '.join(['python', *sys.argv])}")
     print(f"# torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps")
-    print(f"{'case':<34}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}")
+    print(f"{'case':<44}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}")
     for name in args.cases:
         r = time_case(name, args.rounds, args.steps)
-        print(f"{name:<34}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}{r['free_over_plain_params']:>12.2f}x")
+        print(f"{name:<44}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}{r['free_over_plain_params']:>12.2f}x")
 
 
 if __name__ == "__main__":

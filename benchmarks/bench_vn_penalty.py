@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from _threads import limit_threads
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,6 +27,7 @@ from relaxbench.models import vn_pointnet  # noqa: E402
 from relaxbench.models._vn_layers import RelaxedVNLinear, vn_generators  # noqa: E402
 from relaxbench.relax import relaxed_layers, set_theta  # noqa: E402
 from relaxbench.relax.dense import DenseRelaxedLinear  # noqa: E402
+from relaxbench.threads import limit_threads  # noqa: E402
 
 SIZES = {
     "small": {"channels": (8, 16, 64), "head": (64, 32)},
@@ -74,8 +74,9 @@ def bench_penalty(args) -> None:
     for _ in range(args.reps):
         for name, run in runs.items():
             times[name].append(timed(run, 2))
+    buffers_mib = sum(b.numel() * b.element_size() for b in (dense.gen_in, dense.gen_out)) / 2**20
     print(f"\nPenalty (moments, Lie + norm terms, gradient) of the largest layer, {c_in}x3 -> {c_out}x3 "
-          f"(generator buffers of the dense form: {2 * 3 * (3 * c_in) ** 2 * 4 / 2**20:.1f} MiB in float32)\n")
+          f"(generator buffers of the dense form: {buffers_mib:.1f} MiB in {dense.gen_in.dtype})\n")
     print("| penalty | CPU s / call | ratio |\n|---|---|---|")
     base = statistics.median(times["structured (RelaxedVNLinear)"])
     for name, t in times.items():

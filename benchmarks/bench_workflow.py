@@ -4,9 +4,10 @@ Times a dry run, then runs ``snakemake`` on a config once per ``--cores`` value,
 directory (so nothing is cached between them), and reads Snakemake's per-job benchmark files and the run records:
 
 - wall time per ``--cores`` and the speed-up of the largest over ``--cores 1``;
-- overhead = wall time at ``--cores 1`` minus the sum of the training jobs' times, as a share of the wall time
-  (it contains Snakemake itself, the data jobs, collect and report), split into those parts, next to the
-  start-up floor of one job process (``python -m relaxbench --version``: Python, torch and the CLI);
+- (when ``--cores 1`` is among them) overhead = wall time at ``--cores 1`` minus the sum of the training jobs'
+  times, as a share of the wall time (it contains Snakemake itself, the data jobs, collect and report), split
+  into those parts, next to the start-up floor of one job process (``python -m relaxbench --version``:
+  Python, torch and the CLI);
 - the equivariance-error evaluation's cost relative to one training epoch (``eval_time_s`` of the record
   against the mean ``train_seconds`` of its history), as the median per model and over models (a model with
   many methods, such as the ablations' tfn, would otherwise dominate a median over runs);
@@ -103,16 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     low, high = min(walls), max(walls)
     if high != low:
         print(f"speed-up --cores {high} over --cores {low}: {walls[low] / walls[high]:.2f}x")
-    train = jobs["job_s"].sum()
-    print(f"--cores {low}: training jobs {train:.1f} s of {walls[low]:.1f} s wall; "
-          f"everything else (Snakemake, data, collect, report) {100 * (walls[low] - train) / walls[low]:.1f}%")
-    snakemake = walls[low] - train - sum(s for _, s in others.values())
-    print("  of which: " + ", ".join(f"{stage} {s:.1f} s ({n} jobs)" for stage, (n, s) in others.items())
-          + f", Snakemake itself (wall minus all jobs) {snakemake:.1f} s")
-    startup = startup_seconds()
-    n_other = sum(n for n, _ in others.values())
-    print(f"  start-up floor per job process (python -m relaxbench --version): {startup:.2f} s; "
-          f"x {n_other} non-training jobs = {startup * n_other:.1f} s")
+    if low == 1:  # jobs run one after another: the wall time splits into the jobs' times and Snakemake's
+        train = jobs["job_s"].sum()
+        print(f"--cores 1: training jobs {train:.1f} s of {walls[low]:.1f} s wall; everything else "
+              f"(Snakemake, data, collect, report) {100 * (walls[low] - train) / walls[low]:.1f}%")
+        snakemake = walls[low] - train - sum(s for _, s in others.values())
+        print("  of which: " + ", ".join(f"{stage} {s:.1f} s ({n} jobs)" for stage, (n, s) in others.items())
+              + f", Snakemake itself (wall minus all jobs) {snakemake:.1f} s")
+        startup = startup_seconds()
+        n_other = sum(n for n, _ in others.values())
+        print(f"  start-up floor per job process (python -m relaxbench --version): {startup:.2f} s; "
+              f"x {n_other} non-training jobs = {startup * n_other:.1f} s")
     per_model = jobs.assign(model=jobs["run"].str.split("/").str[1]).groupby("model")["eval_over_epoch"].median()
     print(f"equivariance-error evaluation / one training epoch: median over models {per_model.median():.3f} "
           f"(per model: {', '.join(f'{m} {v:.3f}' for m, v in per_model.items())}); over runs: median "

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from threadpoolctl import threadpool_limits
 
 from relaxbench import __version__, registry
 from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
 from relaxbench.methods import METHODS, MethodError
 from relaxbench.records import LeaderboardError
 from relaxbench.tasks.base import TaskError
+from relaxbench.threads import limit_threads
 
 __all__ = ["main"]
 
@@ -73,9 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     resolved = resolve_run(cfg, run)
     run_dir = Path(args.out) if args.out else run.path(cfg["name"], args.results)
     data_dir = Path(args.data_dir) if args.data_dir else data_dir_for(cfg, args.task, args.results)
-    threads = args.threads or cfg["threads"]
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)  # numpy's BLAS too, as Snakemake's OPENBLAS_NUM_THREADS does for its jobs
+    limit_threads(args.threads or cfg["threads"])
     from relaxbench.train import train_run
 
     record = train_run(resolved, run_dir, data_dir, quiet=args.quiet, resume=args.resume)

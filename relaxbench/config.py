@@ -24,6 +24,7 @@ from relaxbench.methods import MethodError, get_method
 
 __all__ = [
     "ConfigError",
+    "METRIC_VERSION",
     "RunSpec",
     "SCHEMA_PATH",
     "data_key",
@@ -35,6 +36,11 @@ __all__ = [
 ]
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+#: How a run's recorded metrics are computed. It is part of every run's settings (and so of its hash): bump it
+#: when a metric changes meaning, and Snakemake reruns finished runs instead of mixing old and new values in
+#: one leaderboard. 2: the equivariance error on test examples evenly spaced over the split (1: the first ones).
+METRIC_VERSION = 2
 
 
 class ConfigError(ValueError):
@@ -218,6 +224,7 @@ def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
         "training": training,
         "seed": run.seed,
         "device": cfg["device"],
+        "metric_version": METRIC_VERSION,
     }
 
 

@@ -21,7 +21,6 @@ import importlib.util
 import inspect
 import pkgutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import relaxbench.models
@@ -114,26 +113,50 @@ class BuildParameters:
 
 
 def build_parameters(arch: str, family: str | None = None) -> BuildParameters:
-    """The keyword parameters of a model's ``build``.
+    """The keyword parameters of a model's ``build`` (what ``models.<name>.params`` may set).
 
-    A built-in model's signature is read from its module's source (``ast``), so checking a config's
-    ``params`` imports no model library (escnn and e3nn take seconds to import, which every Snakemake
-    invocation would pay); a ``module:function`` entry is imported and inspected.
+    A built-in model's signature is read from its module's source when ``build`` is a plain top-level
+    ``def`` (``ast``), so checking a config's ``params`` imports no model library (escnn and e3nn take
+    seconds to import, which every Snakemake invocation would pay; a broken install of one then shows in
+    the training jobs, not when the Snakefile is parsed). Anything else (a decorated or re-exported
+    ``build``, a module without source) and every ``module:function`` entry is imported and inspected.
     """
-    if ":" in arch:
-        params = inspect.signature(get_model(arch, family).build).parameters.values()
-        return BuildParameters(
-            tuple(p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-                  and p.name not in ("spec", "relaxed")),
-            any(p.kind is p.VAR_KEYWORD for p in params),
-        )
-    if arch not in model_names():
+    if ":" not in arch and arch not in model_names():
         raise RegistryError(
             f"unknown model {arch!r}; choices: {model_names()} or a 'package.module:function' entry"
         )
-    source = Path(importlib.util.find_spec(f"relaxbench.models.{arch}").origin)
-    tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
-    build = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "build")
-    args = build.args
-    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    if ":" not in arch:
+        read = _source_build_parameters(f"relaxbench.models.{arch}")
+        if read is not None:
+            return read
+    params = inspect.signature(get_model(arch, family).build).parameters.values()
+    return BuildParameters(
+        tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+              and p.name not in ("spec", "relaxed")),
+        any(p.kind is p.VAR_KEYWORD for p in params),
+    )
+
+
+def _source_build_parameters(module: str) -> BuildParameters | None:
+    """``build``'s parameters from the module's source, or ``None`` unless it is one undecorated top-level def."""
+    spec = importlib.util.find_spec(module)
+    source = spec.loader.get_source(module) if spec is not None and spec.loader is not None else None
+    if source is None:
+        return None
+    defs = [node for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+            ast.Assign, ast.AnnAssign, ast.ImportFrom, ast.Import)) and "build" in _bound_names(node)]
+    if len(defs) != 1 or not isinstance(defs[0], ast.FunctionDef) or defs[0].decorator_list:
+        return None
+    args = defs[0].args
+    names = [a.arg for a in (*args.args, *args.kwonlyargs)]  # positional-only ones cannot be given by name
     return BuildParameters(tuple(n for n in names if n not in ("spec", "relaxed")), args.kwarg is not None)
+
+
+def _bound_names(node: ast.stmt) -> set[str]:
+    """Names a top-level statement binds (a def, an assignment's targets, an import's aliases)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return {node.name}
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}

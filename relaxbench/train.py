@@ -226,10 +226,10 @@ class Trainer:
 
     # --- training ---------------------------------------------------------------------------------
     def equivariance_examples(self) -> Batch:
-        """The ``equivariance_examples`` test examples the equivariance error is measured on, drawn with seed 0:
-        the same examples for every run of a task, whatever its method or seed (test splits are often ordered
-        by class, so not simply the first ones)."""
-        examples = self.splits["test"].sample(self.cfg["equivariance_examples"], seed=0)
+        """The test examples the equivariance error is measured on, ``{key: [n, ...]}`` with ``n =
+        equivariance_examples``: evenly spaced over the test split (:meth:`Split.evenly_spaced`), so the same
+        for every run of a task with the same ``n``, and spread over the classes of a class-ordered split."""
+        examples = self.splits["test"].evenly_spaced(self.cfg["equivariance_examples"])
         return {k: v.to(self.device) for k, v in examples.items()}
 
     def equivariance_error(self) -> EquivarianceError:

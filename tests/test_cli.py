@@ -1,5 +1,6 @@
 """The command line: subcommands, one-line errors with exit status 2, nothing written on bad input."""
 
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,12 @@ def test_out_of_range_flags_exit_2(tmp_path, tiny_config, flag, value):
         main(args + [item for pair in options.items() for item in pair])
     assert exit_.value.code == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_limit_threads_covers_pools_loaded_afterwards():
+    """escnn loads scipy's own OpenBLAS after the limit is set; it must start with the limit too."""
+    code = ("from relaxbench.threads import limit_threads; limit_threads(1); import escnn, sklearn; "
+            "from threadpoolctl import threadpool_info; print(sorted({p['num_threads'] for p in threadpool_info()}))")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+    assert out.strip() == "[1]"

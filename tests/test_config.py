@@ -112,8 +112,39 @@ def test_build_parameters_read_from_source_match_the_imported_signature(arch):
 
 def test_checking_model_params_imports_no_model_library(tiny_config):
     """`snakemake` checks every config's params when it parses the Snakefile: that must not import escnn/e3nn."""
+    tiny_config["models"]["steerable_cnn"] = {"tasks": ["rotdigits"], "params": {"N": 4, "channels": [4]}}
     code = ("import sys; from relaxbench.config import validate_config, check_model_params; import yaml; "
             f"cfg = validate_config(yaml.safe_load({yaml.safe_dump(tiny_config)!r})); check_model_params(cfg); "
             "print(sorted(m for m in ('escnn', 'e3nn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+def test_source_read_signature_falls_back_to_import_unless_build_is_one_plain_def(tmp_path, monkeypatch):
+    package = tmp_path / "fake_models"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "plain.py").write_text("def build(spec, /, relaxed=False, width=8, *, depth=2, **extra):\n    pass\n")
+    (package / "decorated.py").write_text(
+        "def wrap(f):\n    def g(spec, relaxed=False, **kw):\n"
+        "        return f(spec, relaxed)\n    return g\n\n@wrap\ndef build(spec, relaxed=False, width=8):\n    pass\n")
+    (package / "reexport.py").write_text("from fake_models.plain import build\n")
+    (package / "redefined.py").write_text("def build(spec, a=1):\n    pass\n\nbuild = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    read = registry._source_build_parameters
+    assert read("fake_models.plain") == registry.BuildParameters(("width", "depth"), True)
+    assert read("fake_models.decorated") is None and read("fake_models.reexport") is None
+    assert read("fake_models.redefined") is None
+    # the import path sees the decorated signature
+    assert registry.build_parameters("fake_models.decorated:build", "toy") == registry.BuildParameters((), True)
+
+
+def test_metric_version_is_part_of_every_run_hash(tiny_config, monkeypatch):
+    """Bumping it when a metric changes meaning makes Snakemake rerun finished runs."""
+    import relaxbench.config as config
+
+    cfg = validate_config(tiny_config)
+    run = expand_runs(cfg)[0]
+    before = run_hash(resolve_run(cfg, run))
+    monkeypatch.setattr(config, "METRIC_VERSION", config.METRIC_VERSION + 1)
+    assert run_hash(resolve_run(cfg, run)) != before

@@ -104,9 +104,8 @@ def test_equivariance_examples_are_one_fixed_subset_across_the_classes(tiny_conf
     assert all(torch.equal(first[k], second[k]) for k in first)  # the same examples for every method and seed
 
 
-def test_split_sample_is_seeded_ordered_and_capped():
+def test_split_evenly_spaced_spans_the_split_and_is_capped():
     split = Split({"x": torch.arange(10.0)})
-    a = split.sample(4, seed=3)
-    assert torch.equal(a["x"], split.sample(4, seed=3)["x"]) and torch.equal(a["x"], a["x"].sort().values)
-    assert not torch.equal(a["x"], split.sample(4, seed=4)["x"])
-    assert torch.equal(split.sample(50)["x"], torch.arange(10.0))
+    assert torch.equal(split.evenly_spaced(4)["x"], torch.tensor([0.0, 3.0, 6.0, 9.0]))
+    assert torch.equal(split.evenly_spaced(9)["x"].unique(), split.evenly_spaced(9)["x"])  # no repeats
+    assert torch.equal(split.evenly_spaced(50)["x"], torch.arange(10.0))

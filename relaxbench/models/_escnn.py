@@ -41,7 +41,7 @@ indexing, not by dense ``[C, C]`` products.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Callable, Literal
 
 import escnn.group._numerical as _escnn_numerical
 import numpy as np
@@ -106,20 +106,39 @@ def grid_action(x: Tensor, m: np.ndarray) -> Tensor:
     Exact index permutation when ``m`` is a signed permutation matrix; bilinear interpolation (zeros outside)
     otherwise. Array rows run along -y, columns along +x (escnn's convention).
     """
-    size = x.shape[-1]
-    if x.shape[-2] != size:
-        raise ValueError(f"grid_action needs square maps, got {tuple(x.shape[-2:])}")
+    return _grid_operator(m)(x)
+
+
+def _grid_operator(m: np.ndarray) -> Callable[[Tensor], Tensor]:
+    """:func:`grid_action` of ``m`` as a function of ``x``, with the work that depends on ``m`` alone done once."""
     if np.allclose(m, np.round(m), atol=1e-9):
-        index = _grid_gather_index(m, size).to(x.device)
-        return x.flatten(-2).index_select(-1, index).unflatten(-1, (size, size))
+        entries = tuple(np.round(m).astype(int).flatten().tolist())
+
+        def gather(x: Tensor) -> Tensor:
+            size = _square_size(x)
+            index = _gather_index(entries, size).to(x.device)
+            return x.flatten(-2).index_select(-1, index).unflatten(-1, (size, size))
+
+        return gather
     flip = np.diag([1.0, -1.0])  # normalised grid coordinates have y pointing down
-    inv = torch.as_tensor(flip @ np.linalg.inv(m) @ flip, dtype=x.dtype, device=x.device)
-    lead = x.shape[:-2]
-    flat = x.reshape(-1, 1, size, size)
-    theta = torch.cat([inv, inv.new_zeros(2, 1)], 1).expand(flat.shape[0], 2, 3)
-    grid = F.affine_grid(theta, list(flat.shape), align_corners=True)
-    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.reshape(*lead, size, size)
+    inv = torch.as_tensor(flip @ np.linalg.inv(m) @ flip)
+    affine = torch.cat([inv, inv.new_zeros(2, 1)], 1)  # [2, 3]
+
+    def interpolate(x: Tensor) -> Tensor:
+        size = _square_size(x)
+        flat = x.reshape(-1, 1, size, size)
+        theta = affine.to(dtype=x.dtype, device=x.device).expand(flat.shape[0], 2, 3)
+        grid = F.affine_grid(theta, list(flat.shape), align_corners=True)
+        out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out.reshape(x.shape)
+
+    return interpolate
+
+
+def _square_size(x: Tensor) -> int:
+    if x.shape[-2] != x.shape[-1]:
+        raise ValueError(f"grid_action needs square maps, got {tuple(x.shape[-2:])}")
+    return x.shape[-1]
 
 
 def _axis_ops(index: Tensor, size: int) -> tuple[bool, tuple[int, ...]]:
@@ -153,13 +172,14 @@ def fibre_matrix(field_type: enn.FieldType, g: EscnnElement) -> Tensor:
 
 def field_action(x: Tensor, field_type: enn.FieldType, g: EscnnElement) -> Tensor:
     """``(g x)(p) = rho_T(g) x(g^-1 p)`` for a field tensor ``x [B, C, S, S]`` of type ``T`` (differentiable)."""
-    return _fibre_and_grid_action(x, fibre_matrix(field_type, g), _basespace_matrix(field_type.gspace, g))
+    return _field_operator(fibre_matrix(field_type, g), _basespace_matrix(field_type.gspace, g))(x)
 
 
-def _fibre_and_grid_action(x: Tensor, rho: Tensor, m: np.ndarray) -> Tensor:
-    """:func:`field_action` with the fibre matrix ``rho [C, C]`` and base-space matrix ``m [2, 2]`` given
-    (e.g. computed once per layer rather than from escnn on every call)."""
-    return grid_action(torch.einsum("ij,bj...->bi...", rho.to(x), x), m)
+def _field_operator(rho: Tensor, m: np.ndarray) -> Callable[[Tensor], Tensor]:
+    """:func:`field_action` of the fibre matrix ``rho [C, C]`` and base-space matrix ``m [2, 2]`` as a function of
+    ``x``, with escnn's matrices and the grid work that depends on ``m`` alone computed once."""
+    move = _grid_operator(m)
+    return lambda x: move(torch.einsum("ij,bj...->bi...", rho.to(x), x))
 
 
 def generator_elements(gspace, generators: Generators = "grid") -> list[EscnnElement]:
@@ -217,21 +237,24 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             nn.init.normal_(layer.weight, 0.0, init_std) if init_std > 0 else nn.init.zeros_(layer.weight)
             return layer
 
-        def act(field_type):  # escnn's matrices of each generator, computed once
-            mats = [(fibre_matrix(field_type, g), _basespace_matrix(field_type.gspace, g)) for g in elements]
-            return lambda x: torch.stack([_fibre_and_grid_action(x, rho, m) for rho, m in mats])
+        gspace = conv.in_type.gspace
+        base = [_basespace_matrix(gspace, g) for g in elements]
+        rho_in = torch.stack([fibre_matrix(conv.in_type, g) for g in elements])  # [G, C_in, C_in], escnn's, once
+        rho_out = torch.stack([fibre_matrix(conv.out_type, g) for g in elements])
 
-        super().__init__(conv, free, make_finite_action(act(conv.in_type), act(conv.out_type)))
+        def act(rhos: Tensor) -> Callable[[Tensor], Tensor]:
+            ops = [_field_operator(rho, m) for rho, m in zip(rhos, base)]
+            return lambda x: torch.stack([op(x) for op in ops])
+
+        super().__init__(conv, free, make_finite_action(act(rho_in), act(rho_out)))
         self.in_type, self.out_type = conv.in_type, conv.out_type
         if penalty_examples is not None and penalty_examples < 1:
             raise ValueError(f"penalty_examples must be None or >= 1, got {penalty_examples}")
         self.penalty_examples = penalty_examples
-        gspace = conv.in_type.gspace
         self.weight_space = all(is_grid_exact(gspace, g) for g in elements)
         if self.weight_space:
             # K_g(q) = rho_out(g)^-1 K(g q) rho_in(g): kernel-space conjugation by each generator
-            rho_in = torch.stack([fibre_matrix(conv.in_type, g) for g in elements])
-            rho_out_inv = torch.stack([fibre_matrix(conv.out_type, g).t() for g in elements])
+            rho_out_inv = rho_out.transpose(1, 2)
             for rho in (*rho_in, *rho_out_inv):
                 if not torch.allclose(rho @ rho.t(), torch.eye(len(rho), dtype=rho.dtype), atol=1e-9):
                     raise ValueError("the weight-space penalty needs orthogonal fibre representations")

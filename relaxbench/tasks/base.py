@@ -54,12 +54,13 @@ class Split:
         """The first ``n`` examples as one batch."""
         return {k: v[:n] for k, v in self.tensors.items()}
 
-    def sample(self, n: int, seed: int = 0) -> Batch:
-        """``n`` examples drawn without replacement by a generator seeded with ``seed``, in split order (the
-        whole split when ``n >= len(self)``). Splits are often ordered by class; this is not the first ``n``."""
+    def evenly_spaced(self, n: int) -> Batch:
+        """``n`` examples ``{key: [n, ...]}`` at evenly spaced positions of the split, first and last included
+        (the whole split when ``n >= len(self)``). Deterministic, and on a split ordered by class (as tetris
+        and shapes store theirs) it takes examples of every class, where the first ``n`` would be one class."""
         if n >= self.size:
             return self.head(self.size)
-        index = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        index = torch.linspace(0, self.size - 1, n, dtype=torch.float64).round().long()
         return {k: v[index] for k, v in self.tensors.items()}
 
     def batches(
