@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from relaxbench import __version__, registry
 from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
 from relaxbench.methods import METHODS, MethodError

@@ -39,7 +39,8 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 #: How a run's recorded metrics are computed. It is part of every run's settings (and so of its hash): bump it
 #: when a metric changes meaning, and Snakemake reruns finished runs instead of mixing old and new values in
-#: one leaderboard. 2: the equivariance error on test examples evenly spaced over the split (1: the first ones).
+#: one leaderboard. 2: the equivariance error on test examples evenly spaced over the split (before: its first
+#: examples).
 METRIC_VERSION = 2
 
 

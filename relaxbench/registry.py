@@ -21,7 +21,7 @@ import importlib.util
 import inspect
 import pkgutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import relaxbench.models
 import relaxbench.tasks
@@ -138,25 +138,35 @@ def build_parameters(arch: str, family: str | None = None) -> BuildParameters:
 
 
 def _source_build_parameters(module: str) -> BuildParameters | None:
-    """``build``'s parameters from the module's source, or ``None`` unless it is one undecorated top-level def."""
+    """``build``'s parameters from the module's source, or ``None`` unless the module binds ``build`` exactly
+    once, by an undecorated top-level ``def``."""
     spec = importlib.util.find_spec(module)
     source = spec.loader.get_source(module) if spec is not None and spec.loader is not None else None
     if source is None:
         return None
-    defs = [node for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
-            ast.Assign, ast.AnnAssign, ast.ImportFrom, ast.Import)) and "build" in _bound_names(node)]
-    if len(defs) != 1 or not isinstance(defs[0], ast.FunctionDef) or defs[0].decorator_list:
+    tree = ast.parse(source, filename=spec.origin or module)
+    binders = [node for node in _module_scope(tree.body) if _binds_build(node)]
+    build = binders[0] if len(binders) == 1 else None
+    if not (isinstance(build, ast.FunctionDef) and build in tree.body and not build.decorator_list):
         return None
-    args = defs[0].args
+    args = build.args
     names = [a.arg for a in (*args.args, *args.kwonlyargs)]  # positional-only ones cannot be given by name
     return BuildParameters(tuple(n for n in names if n not in ("spec", "relaxed")), args.kwarg is not None)
 
 
-def _bound_names(node: ast.stmt) -> set[str]:
-    """Names a top-level statement binds (a def, an assignment's targets, an import's aliases)."""
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return {node.name}
+def _module_scope(nodes) -> Iterator[ast.AST]:
+    """Every node that runs in the module's own scope: statements at any depth of ``if`` / ``try`` / ``for``
+    ..., and their expressions, but not the bodies of functions, classes and lambdas."""
+    for node in nodes:
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            yield from _module_scope(ast.iter_child_nodes(node))
+
+
+def _binds_build(node: ast.AST) -> bool:
+    """Whether ``node`` (re)binds or deletes the name ``build`` (a ``*`` import counts: it may)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name == "build"
     if isinstance(node, (ast.Import, ast.ImportFrom)):
-        return {(alias.asname or alias.name).split(".")[0] for alias in node.names}
-    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        return any(a.name == "*" or (a.asname or a.name).split(".")[0] == "build" for a in node.names)
+    return isinstance(node, ast.Name) and node.id == "build" and isinstance(node.ctx, (ast.Store, ast.Del))

@@ -9,6 +9,7 @@ import yaml
 from threadpoolctl import threadpool_info
 
 from relaxbench.cli import main
+from relaxbench.threads import THREAD_VARIABLES
 
 
 def write(tmp_path, cfg, name="c.yaml"):
@@ -29,7 +30,9 @@ def test_list_shows_registered_names(capsys):
     assert "tetris" in out and "tfn" in out and "relaxed_no_lie" in out
 
 
-def test_data_then_train_then_cached(tmp_path, tiny_config, capsys):
+def test_data_then_train_then_cached(tmp_path, tiny_config, capsys, monkeypatch):
+    for name in THREAD_VARIABLES:  # `train` sets them in this process; restore them afterwards
+        monkeypatch.delenv(name, raising=False)
     cfg = write(tmp_path, tiny_config)
     res = str(tmp_path / "results")
     assert main(["data", "--config", cfg, "--task", "tetris", "--results", res]) == 0

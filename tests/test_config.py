@@ -106,6 +106,7 @@ def test_build_parameters_read_from_source_match_the_imported_signature(arch):
     expected = tuple(p.name for p in params if p.name not in ("spec", "relaxed")
                      and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
     read = registry.build_parameters(arch)
+    assert registry._source_build_parameters(f"relaxbench.models.{arch}") == read  # read, not imported
     assert read.names == expected
     assert read.any_keyword == any(p.kind is p.VAR_KEYWORD for p in params)
 
@@ -129,12 +130,15 @@ def test_source_read_signature_falls_back_to_import_unless_build_is_one_plain_de
         "def wrap(f):\n    def g(spec, relaxed=False, **kw):\n"
         "        return f(spec, relaxed)\n    return g\n\n@wrap\ndef build(spec, relaxed=False, width=8):\n    pass\n")
     (package / "reexport.py").write_text("from fake_models.plain import build\n")
-    (package / "redefined.py").write_text("def build(spec, a=1):\n    pass\n\nbuild = None\n")
+    (package / "redefined.py").write_text("def build(spec, a=1):\n    pass\n\nif True:\n    build = None\n")
+    (package / "star.py").write_text("def build(spec, a=1):\n    pass\n\nfrom os.path import *\n")
+    (package / "nested.py").write_text("def build(spec, a=1):\n    def helper(build=1):\n        build = 2\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     read = registry._source_build_parameters
     assert read("fake_models.plain") == registry.BuildParameters(("width", "depth"), True)
     assert read("fake_models.decorated") is None and read("fake_models.reexport") is None
-    assert read("fake_models.redefined") is None
+    assert read("fake_models.redefined") is None and read("fake_models.star") is None
+    assert read("fake_models.nested") == registry.BuildParameters(("a",), False)  # a local name is not the module's
     # the import path sees the decorated signature
     assert registry.build_parameters("fake_models.decorated:build", "toy") == registry.BuildParameters((), True)
 

@@ -55,9 +55,10 @@ class Split:
         return {k: v[:n] for k, v in self.tensors.items()}
 
     def evenly_spaced(self, n: int) -> Batch:
-        """``n`` examples ``{key: [n, ...]}`` at evenly spaced positions of the split, first and last included
-        (the whole split when ``n >= len(self)``). Deterministic, and on a split ordered by class (as tetris
-        and shapes store theirs) it takes examples of every class, where the first ``n`` would be one class."""
+        """``n`` examples ``{key: [n, ...]}`` at evenly spaced positions of the split (first and last included
+        for ``n >= 2``; the whole split when ``n >= len(self)``). Deterministic; on a split ordered by class (as
+        tetris and shapes store theirs) it takes examples of every class when ``n`` is at least the number of
+        classes, where the first ``n`` would be one class."""
         if n >= self.size:
             return self.head(self.size)
         index = torch.linspace(0, self.size - 1, n, dtype=torch.float64).round().long()
