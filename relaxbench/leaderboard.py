@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from relaxbench.config import RunSpec
+from relaxbench.config import METRIC_VERSION, RunSpec
 from relaxbench.records import LeaderboardError, atomic_write_text, read_record
 
 __all__ = [
@@ -92,7 +92,7 @@ LEAD_COLUMNS = [
 TAIL_COLUMNS = [
     "params_total", "params_equivariant", "params_free", "epochs_run", "best_epoch", "steps", "wall_time_s",
     "time_per_step_s", "eval_time_s", "peak_memory_mb", "exported", "resumed", "device", "threads", "git_commit",
-    "started_at", "config_name", "config_hash", "schema_version", "run_dir",
+    "started_at", "config_name", "config_hash", "schema_version", "metric_version", "run_dir",
 ]
 
 
@@ -107,6 +107,7 @@ def _row(record_path: Path, results_dir: Path) -> dict:
         row.update({f"{split}_{name}": value for name, value in data[split].items()})
     row["test_metric"] = record.test.get(record.metric)
     row.update({f"version_{pkg}": version for pkg, version in sorted(record.versions.items())})
+    row["metric_version"] = data["run_config"].get("metric_version", 1)  # records before it was kept: 1
     row["run_dir"] = record_path.parent.relative_to(results_dir).as_posix()
     return row
 
@@ -146,6 +147,11 @@ def collect(results_dir: str | Path, expected: Iterable[RunSpec] | None = None) 
     versions = sorted(c for c in board if c.startswith("version_"))
     newer = [c for c in board if c not in fixed.union(metrics, versions)]  # record fields added after this module
     board = board.reindex(columns=LEAD_COLUMNS + metrics + newer + TAIL_COLUMNS + versions)
+    older = board.loc[(board["status"] != "missing") & (board["metric_version"] != METRIC_VERSION), "run_dir"]
+    if len(older):
+        warnings.warn(f"{results_dir}: {len(older)} run record(s) were measured with an older metric version than "
+                      f"{METRIC_VERSION} (e.g. {older.iloc[0]}): their metrics do not compare with the others'; "
+                      "rerun them (Snakemake does, since the version is part of every run's settings)", stacklevel=2)
     return board.sort_values(["task", "model", "method", "seed"], kind="stable").reset_index(drop=True)
 
 

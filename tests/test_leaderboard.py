@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from relaxbench.config import RunSpec
+from relaxbench.config import METRIC_VERSION, RunSpec
 from relaxbench.leaderboard import (
     LeaderboardError,
     aggregate,
@@ -177,3 +177,15 @@ def test_tables_round_trip_and_errors(results, tmp_path):
     bad.write_text(json.dumps({**json.loads(bad.read_text()), "surprise": 1}))
     with pytest.raises(LeaderboardError, match=r"seed7/record.json: unreadable run record .*surprise"):
         collect(results_dir)
+
+
+def test_collect_flags_records_of_an_older_metric_version(results):
+    results_dir, grid = results
+    path = results_dir / "runs/tetris/tfn/equivariant/seed0/record.json"
+    record = json.loads(path.read_text())
+    del record["run_config"]["metric_version"]  # written before the version was recorded
+    path.write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match=r"1 run record\(s\) were measured with an older metric version"):
+        board = collect(results_dir, grid)
+    assert board.loc[board["run_dir"] == "runs/tetris/tfn/equivariant/seed0", "metric_version"].item() == 1
+    assert set(board.loc[board["run_dir"] != "runs/tetris/tfn/equivariant/seed0", "metric_version"].dropna()) == {METRIC_VERSION}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from relaxbench.config import RunSpec
+from relaxbench.config import METRIC_VERSION, RunSpec
 from relaxbench.records import RunRecord, atomic_write_text
 from relaxbench.relax.schedules import Schedule
 
@@ -45,7 +45,7 @@ def write_run(results_dir: Path, run: RunSpec, value: float | None, status: str 
         params_free=20 if relaxed else 0, epochs_run=n_epochs, best_epoch=None if value is None else n_epochs - 1,
         steps=10 * n_epochs, wall_time_s=1.5, time_per_step_s=0.01, eval_time_s=0.2, peak_memory_mb=300.0,
         versions={"python": "3.11", "torch": "2.14.1"}, git_commit="abc123", started_at="2025-01-01T00:00:00+00:00",
-        run_config={"task": run.task, "model": run.model, "note": note,
+        run_config={"task": run.task, "model": run.model, "note": note, "metric_version": METRIC_VERSION,
                     "method_params": {"variant": "relaxed" if relaxed else "equivariant",
                                       "schedule": "triangle" if relaxed else "none", "theta_peak": 1.0,
                                       "lambda_lie": 0.01 if relaxed else 0.0, "lambda_norm": 0.01 if relaxed else 0.0,
