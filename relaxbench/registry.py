@@ -121,15 +121,11 @@ def build_parameters(arch: str, family: str | None = None) -> BuildParameters:
     the training jobs, not when the Snakefile is parsed). Anything else (a decorated or re-exported
     ``build``, a module without source) and every ``module:function`` entry is imported and inspected.
     """
-    if ":" not in arch and arch not in model_names():
-        raise RegistryError(
-            f"unknown model {arch!r}; choices: {model_names()} or a 'package.module:function' entry"
-        )
-    if ":" not in arch:
+    if arch in model_names():
         read = _source_build_parameters(f"relaxbench.models.{arch}")
         if read is not None:
             return read
-    params = inspect.signature(get_model(arch, family).build).parameters.values()
+    params = inspect.signature(get_model(arch, family).build).parameters.values()  # names unknown models
     return BuildParameters(
         tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
               and p.name not in ("spec", "relaxed")),

@@ -175,4 +175,3 @@ class ClassificationTask(Task):
 
     def act_output(self, g: GroupElement, pred: Tensor) -> Tensor:
         return pred
-
