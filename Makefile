@@ -1,6 +1,7 @@
 # relaxbench: the two commands of the README, and a few helpers.
 #   make reproduce   set up, then run the default CPU-scale reproduction (snakemake) -> reports/default/index.html
 #   make test        set up, then run the whole test suite
+#   make style       ruff: formatting and lint (run by CI before the tests)
 # Every target first runs scripts/setup.sh (builds the cached venv once; stops here if that fails).
 SHELL := /bin/bash
 CORES ?= all
@@ -8,7 +9,7 @@ CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 ENV = venv="$$(./scripts/setup.sh)" || exit 1; export PATH="$$venv/bin:$$PATH";
 
-.PHONY: setup reproduce test test-fast bench lint
+.PHONY: setup reproduce test test-fast bench lint style
 
 setup:
 	@$(ENV) echo "venv: $$venv"
@@ -24,6 +25,9 @@ test-fast:
 
 bench:
 	@$(ENV) for b in bench_step_time bench_data bench_cnn_export bench_vn_penalty; do python benchmarks/$$b.py || exit 1; done
+
+style:
+	@$(ENV) ruff format --check . && ruff check .
 
 lint:
 	@$(ENV) snakemake --lint --configfile configs/smoke.yaml

@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = steerable_cnn.build(spec, group=args.group, N=args.N, channels=args.channels).eval()
     evaluators = {"escnn": model, "exported": model.export_for_eval()}
-    batch = {"image": torch.rand(args.eval_batch, 1, args.size, args.size, generator=torch.Generator().manual_seed(0))}
+    batch = {
+        "image": torch.rand(
+            args.eval_batch, 1, args.size, args.size, generator=torch.Generator().manual_seed(0)
+        )
+    }
     with torch.no_grad():
         assert torch.allclose(evaluators["escnn"](batch), evaluators["exported"](batch), atol=1e-4)
         times: dict[str, list[float]] = {name: [] for name in evaluators}
@@ -45,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
                 times[name].append(time.process_time() - t0)
     med = {name: statistics.median(v[1:]) for name, v in times.items()}
     print(f"# python {' '.join(sys.argv)}")
-    print(f"# {args.group}{args.N}, fields {args.channels}, {args.eval_batch} images of {args.size}x{args.size}, "
-          f"1 thread, median of {args.reps}")
+    print(
+        f"# {args.group}{args.N}, fields {args.channels}, {args.eval_batch} images of {args.size}x{args.size}, "
+        f"1 thread, median of {args.reps}"
+    )
     for name, seconds in med.items():
         print(f"{name:<10}{seconds:>9.4f} s  {med['escnn'] / seconds:>5.2f}x throughput")
 

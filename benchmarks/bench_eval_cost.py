@@ -37,7 +37,8 @@ def time_model(cfg: dict, model: str, rounds: int) -> dict[str, float | str]:
     method = "relaxed" if "relaxed" in methods else methods[0]
     resolved = resolve_run(cfg, RunSpec(entry["tasks"][0], model, method, 0))
     task = registry.get_task_class(resolved["task"])(
-        resolved["task_params"], REPO / "results" / cfg["name"] / "data" / resolved["task"] / resolved["data_key"]
+        resolved["task_params"],
+        REPO / "results" / cfg["name"] / "data" / resolved["task"] / resolved["data_key"],
     )
     if not task.prepared():
         task.prepare()
@@ -80,14 +81,18 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config)
     print(f"# {' '.join(['python', *sys.argv])}")
     print(f"# torch {torch.__version__}, 1 thread, median of {args.rounds} rounds (epoch, then evaluation)")
-    print(f"{'case':<38}{'steps/epoch':>12}{'epoch s':>10}{'eval s':>9}{'eval/epoch':>12}{'1 fwd/epoch':>13}"
-          "  evaluation")
+    print(
+        f"{'case':<38}{'steps/epoch':>12}{'epoch s':>10}{'eval s':>9}{'eval/epoch':>12}{'1 fwd/epoch':>13}"
+        "  evaluation"
+    )
     ratios = []
     for model in args.models or list(cfg["models"]):
         r = time_model(cfg, model, args.rounds)
         ratios.append(r["ratio"])
-        print(f"{r['case']:<38}{r['steps']:>12}{r['epoch_s']:>10.3f}{r['eval_s']:>9.3f}{r['ratio']:>12.3f}"
-              f"{r['forward_ratio']:>13.3f}  {r['eval']}")
+        print(
+            f"{r['case']:<38}{r['steps']:>12}{r['epoch_s']:>10.3f}{r['eval_s']:>9.3f}{r['ratio']:>12.3f}"
+            f"{r['forward_ratio']:>13.3f}  {r['eval']}"
+        )
     print(f"# median over models: {statistics.median(ratios):.3f} (goal: at most 0.10)")
 
 

@@ -31,7 +31,14 @@ from relaxbench.train import regulariser
 # (task, task params, model, model params, batch size): each family at its CPU-scale default (the batch size of
 # configs/default.yaml) and, where the paper's size differs and still fits a CPU, at the paper's size.
 NBODY = {"n_train": 100, "n_val": 1, "n_test": 1}
-TINY_MD = {"n_frames": 40, "n_trajectories": 1, "stride": 2, "equilibration_steps": 0, "n_train": 32, "n_val": 4}
+TINY_MD = {
+    "n_frames": 40,
+    "n_trajectories": 1,
+    "stride": 2,
+    "equilibration_steps": 0,
+    "n_train": 32,
+    "n_val": 4,
+}
 DIGITS = {"n_train": 64, "n_val": 10, "n_test": 10}
 SHAPES = {"n_points": 150, "n_train_per_class": 2, "n_val_per_class": 1, "n_test_per_class": 1}
 CASES = {
@@ -40,13 +47,31 @@ CASES = {
     "nbody:segnn": ("nbody", NBODY, "segnn", {}, 100),
     "nbody:segnn(paper)": ("nbody", NBODY, "segnn", {"hidden": 64, "layers": 4, "l_max": 1}, 100),
     "rotdigits:steerable_cnn": ("rotdigits", DIGITS, "steerable_cnn", {}, 32),
-    "rotdigits:steerable_cnn(full batch)": ("rotdigits", DIGITS, "steerable_cnn", {"penalty_examples": None}, 32),
+    "rotdigits:steerable_cnn(full batch)": (
+        "rotdigits",
+        DIGITS,
+        "steerable_cnn",
+        {"penalty_examples": None},
+        32,
+    ),
     "rotdigits:steerable_cnn(pen8)": ("rotdigits", DIGITS, "steerable_cnn", {"penalty_examples": 8}, 32),
-    "rotdigits:steerable_cnn(group generators)": ("rotdigits", DIGITS, "steerable_cnn", {"generators": "group"}, 32),
+    "rotdigits:steerable_cnn(group generators)": (
+        "rotdigits",
+        DIGITS,
+        "steerable_cnn",
+        {"generators": "group"},
+        32,
+    ),
     "md:se3_transformer": ("md", TINY_MD, "se3_transformer", {}, 16),
     "md:se3_transformer(finite)": ("md", TINY_MD, "se3_transformer", {"lie_mode": "finite"}, 16),
     "shapes:vn_pointnet": ("shapes", SHAPES, "vn_pointnet", {"k": 10}, 24),
-    "shapes:vn_pointnet(paper)": ("shapes", SHAPES, "vn_pointnet", {"channels": [21, 42, 341], "head": [512, 256]}, 24),
+    "shapes:vn_pointnet(paper)": (
+        "shapes",
+        SHAPES,
+        "vn_pointnet",
+        {"channels": [21, 42, 341], "head": [512, 256]},
+        24,
+    ),
 }
 
 
@@ -111,11 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     limit_threads(args.threads)
     print(f"# {' '.join(['python', *sys.argv])}")
-    print(f"# torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps")
+    print(
+        f"# torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps"
+    )
     print(f"{'case':<44}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}")
     for name in args.cases:
         r = time_case(name, args.rounds, args.steps)
-        print(f"{name:<44}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}{r['free_over_plain_params']:>12.2f}x")
+        print(
+            f"{name:<44}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}{r['free_over_plain_params']:>12.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -49,14 +49,22 @@ def bench_penalty(args) -> None:
     model = vn_pointnet.build({"num_classes": 40}, relaxed=True, **SIZES[args.size], k=args.k).train()
     set_theta(model, 0.5)
     model({"pos": torch.randn(args.batch, args.points, 3)})
-    layer = max((m for m in relaxed_layers(model) if isinstance(m, RelaxedVNLinear)),
-                key=lambda m: m.free.weight.numel())
+    layer = max(
+        (m for m in relaxed_layers(model) if isinstance(m, RelaxedVNLinear)),
+        key=lambda m: m.free.weight.numel(),
+    )
     c_in, c_out = layer.equivariant.c_in, layer.equivariant.c_out
     with torch.no_grad():
         layer.free.weight.normal_(0, 0.01)
     x = layer._last_input
-    dense = DenseRelaxedLinear(nn.Linear(3 * c_in, 3 * c_out, bias=False), 3 * c_in, 3 * c_out,
-                               vn_generators(c_in, torch.float32), vn_generators(c_out, torch.float32), bias=True)
+    dense = DenseRelaxedLinear(
+        nn.Linear(3 * c_in, 3 * c_out, bias=False),
+        3 * c_in,
+        3 * c_out,
+        vn_generators(c_in, torch.float32),
+        vn_generators(c_out, torch.float32),
+        bias=True,
+    )
     dense.free.load_state_dict(layer.free.state_dict())
     set_theta(dense, 0.5)
     dense.train()
@@ -67,16 +75,22 @@ def bench_penalty(args) -> None:
             relaxed._moments = None
             ld, sq = relaxed.penalty_terms()
             torch.autograd.grad(torch.sqrt(ld + 1e-8) + torch.sqrt(sq + 1e-8), relaxed.free.weight)
+
         return run
 
-    runs = {"structured (RelaxedVNLinear)": penalty(layer), "dense generators (DenseRelaxedLinear)": penalty(dense)}
+    runs = {
+        "structured (RelaxedVNLinear)": penalty(layer),
+        "dense generators (DenseRelaxedLinear)": penalty(dense),
+    }
     times = {name: [] for name in runs}
     for _ in range(args.reps):
         for name, run in runs.items():
             times[name].append(timed(run, 2))
     buffers_mib = sum(b.numel() * b.element_size() for b in (dense.gen_in, dense.gen_out)) / 2**20
-    print(f"\nPenalty (moments, Lie + norm terms, gradient) of the largest layer, {c_in}x3 -> {c_out}x3 "
-          f"(generator buffers of the dense form: {buffers_mib:.1f} MiB in {dense.gen_in.dtype})\n")
+    print(
+        f"\nPenalty (moments, Lie + norm terms, gradient) of the largest layer, {c_in}x3 -> {c_out}x3 "
+        f"(generator buffers of the dense form: {buffers_mib:.1f} MiB in {dense.gen_in.dtype})\n"
+    )
     print("| penalty | CPU s / call | ratio |\n|---|---|---|")
     base = statistics.median(times["structured (RelaxedVNLinear)"])
     for name, t in times.items():

@@ -35,9 +35,22 @@ REPO = Path(__file__).resolve().parents[1]
 def run_workflow(config: Path, cores: int, workdir: Path, dry_run: bool = False) -> float:
     """Wall seconds of one complete ``snakemake`` run of ``config`` in ``workdir`` (or of its dry run: parsing
     the Snakefile, checking the config and building the DAG)."""
-    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
-           str(config.resolve()), "--cores", str(cores), "--workflow-profile", str(REPO / "workflow/profiles/default"),
-           "--quiet", *(["--dry-run"] if dry_run else []), "all"]
+    cmd = [
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config.resolve()),
+        "--cores",
+        str(cores),
+        "--workflow-profile",
+        str(REPO / "workflow/profiles/default"),
+        "--quiet",
+        *(["--dry-run"] if dry_run else []),
+        "all",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - t0
@@ -48,7 +61,9 @@ def startup_seconds(repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "relaxbench", "--version"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "relaxbench", "--version"], check=True, stdout=subprocess.DEVNULL
+        )
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
@@ -74,9 +89,16 @@ def job_table(results: Path) -> pd.DataFrame:
         record = pd.read_json(run / "record.json", typ="series")
         history = pd.read_csv(run / "history.csv")
         epoch = history["train_seconds"].mean() if len(history) else float("nan")
-        rows.append({"run": str(rel), "job_s": bench["s"], "max_rss_mb": bench["max_rss"],
-                     "epoch_s": epoch, "eval_s": record["eval_time_s"],
-                     "eval_over_epoch": (record["eval_time_s"] or float("nan")) / epoch})
+        rows.append(
+            {
+                "run": str(rel),
+                "job_s": bench["s"],
+                "max_rss_mb": bench["max_rss"],
+                "epoch_s": epoch,
+                "eval_s": record["eval_time_s"],
+                "eval_over_epoch": (record["eval_time_s"] or float("nan")) / epoch,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -89,8 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     name = yaml.safe_load(args.config.read_text())["name"]
     print(f"# {' '.join(['python', *sys.argv])}")
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"dry run (parse the Snakefile, check the config, build the DAG): "
-              f"{run_workflow(args.config, 1, Path(tmp), dry_run=True):.1f} s")
+        print(
+            f"dry run (parse the Snakefile, check the config, build the DAG): "
+            f"{run_workflow(args.config, 1, Path(tmp), dry_run=True):.1f} s"
+        )
     walls, jobs, others = {}, None, {}
     for cores in sorted(args.cores):
         with tempfile.TemporaryDirectory() as tmp:
@@ -106,20 +130,33 @@ def main(argv: list[str] | None = None) -> None:
         print(f"speed-up --cores {high} over --cores {low}: {walls[low] / walls[high]:.2f}x")
     if low == 1:  # jobs run one after another: the wall time splits into the jobs' times and Snakemake's
         train = jobs["job_s"].sum()
-        print(f"--cores 1: training jobs {train:.1f} s of {walls[low]:.1f} s wall; everything else "
-              f"(Snakemake, data, collect, report) {100 * (walls[low] - train) / walls[low]:.1f}%")
+        print(
+            f"--cores 1: training jobs {train:.1f} s of {walls[low]:.1f} s wall; everything else "
+            f"(Snakemake, data, collect, report) {100 * (walls[low] - train) / walls[low]:.1f}%"
+        )
         snakemake = walls[low] - train - sum(s for _, s in others.values())
-        print("  of which: " + ", ".join(f"{stage} {s:.1f} s ({n} jobs)" for stage, (n, s) in others.items())
-              + f", Snakemake itself (wall minus all jobs) {snakemake:.1f} s")
+        print(
+            "  of which: "
+            + ", ".join(f"{stage} {s:.1f} s ({n} jobs)" for stage, (n, s) in others.items())
+            + f", Snakemake itself (wall minus all jobs) {snakemake:.1f} s"
+        )
         startup = startup_seconds()
         n_other = sum(n for n, _ in others.values())
-        print(f"  start-up floor per job process (python -m relaxbench --version): {startup:.2f} s; "
-              f"x {n_other} non-training jobs = {startup * n_other:.1f} s")
-    per_model = jobs.assign(model=jobs["run"].str.split("/").str[1]).groupby("model")["eval_over_epoch"].median()
-    print(f"equivariance-error evaluation / one training epoch: median over models {per_model.median():.3f} "
-          f"(per model: {', '.join(f'{m} {v:.3f}' for m, v in per_model.items())}); over runs: median "
-          f"{jobs['eval_over_epoch'].median():.3f}, max {jobs['eval_over_epoch'].max():.3f}")
-    print(f"peak RSS per training job: median {jobs['max_rss_mb'].median():.0f} MB, max {jobs['max_rss_mb'].max():.0f} MB")
+        print(
+            f"  start-up floor per job process (python -m relaxbench --version): {startup:.2f} s; "
+            f"x {n_other} non-training jobs = {startup * n_other:.1f} s"
+        )
+    per_model = (
+        jobs.assign(model=jobs["run"].str.split("/").str[1]).groupby("model")["eval_over_epoch"].median()
+    )
+    print(
+        f"equivariance-error evaluation / one training epoch: median over models {per_model.median():.3f} "
+        f"(per model: {', '.join(f'{m} {v:.3f}' for m, v in per_model.items())}); over runs: median "
+        f"{jobs['eval_over_epoch'].median():.3f}, max {jobs['eval_over_epoch'].max():.3f}"
+    )
+    print(
+        f"peak RSS per training job: median {jobs['max_rss_mb'].median():.0f} MB, max {jobs['max_rss_mb'].max():.0f} MB"
+    )
     print(jobs.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 

@@ -44,8 +44,11 @@ class _Block(nn.Module):
         scalars = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l > 0])
         self.gate = Gate(
-            scalars, [torch.relu if ir.p == 1 else torch.tanh for _, ir in scalars],
-            f"{gated.num_irreps}x0e", [torch.sigmoid], gated,
+            scalars,
+            [torch.relu if ir.p == 1 else torch.tanh for _, ir in scalars],
+            f"{gated.num_irreps}x0e",
+            [torch.sigmoid],
+            gated,
         )
         self.linear = relaxed_linear(relaxed, irreps_in, hidden)
         self.square = o3.FullyConnectedTensorProduct(hidden, hidden, self.gate.irreps_in)
@@ -69,8 +72,16 @@ class PointClassifier(nn.Module):
         relaxed: build relaxable linear maps (see the module docstring).
     """
 
-    def __init__(self, num_classes: int, hidden: str, l_max: int, n_radial: int, layers: int,
-                 max_radius: float, relaxed: bool) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        hidden: str,
+        l_max: int,
+        n_radial: int,
+        layers: int,
+        max_radius: float,
+        relaxed: bool,
+    ) -> None:
         super().__init__()
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
         self.n_radial, self.max_radius = n_radial, max_radius
@@ -81,7 +92,9 @@ class PointClassifier(nn.Module):
             blocks.append(_Block(irreps, o3.Irreps(hidden), relaxed))
             irreps = blocks[-1].irreps_out
         self.blocks = nn.ModuleList(blocks)
-        scalar_index = [torch.arange(sl.start, sl.stop) for (_, ir), sl in zip(irreps, irreps.slices()) if ir.l == 0]
+        scalar_index = [
+            torch.arange(sl.start, sl.stop) for (_, ir), sl in zip(irreps, irreps.slices()) if ir.l == 0
+        ]
         self.register_buffer("scalar_index", torch.cat(scalar_index), persistent=False)
         self.readout = nn.Linear(len(self.scalar_index), num_classes)
 
@@ -90,8 +103,9 @@ class PointClassifier(nn.Module):
         b, p, _ = pos.shape
         rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # r_ij = x_j - x_i, [B, P, P, 3]
         sh = o3.spherical_harmonics(self.irreps_sh, rel, normalize=True, normalization="component")
-        radial = soft_one_hot_linspace(rel.norm(dim=-1), 0.0, self.max_radius, self.n_radial,
-                                       basis="smooth_finite", cutoff=True)  # [B, P, P, n_radial]
+        radial = soft_one_hot_linspace(
+            rel.norm(dim=-1), 0.0, self.max_radius, self.n_radial, basis="smooth_finite", cutoff=True
+        )  # [B, P, P, n_radial]
         radial = radial * (1.0 - torch.eye(p, dtype=pos.dtype, device=pos.device))[..., None]
         parts = []
         for (_, ir), sl in zip(self.irreps_sh, self.irreps_sh.slices()):
@@ -108,7 +122,14 @@ class PointClassifier(nn.Module):
         return self.readout(scalars)
 
 
-def build(spec: dict, relaxed: bool = False, hidden: str = "8x0e + 8x0o + 4x1e + 4x1o + 2x2e + 2x2o",
-          l_max: int = 2, n_radial: int = 4, layers: int = 2, max_radius: float = 4.0) -> PointClassifier:
+def build(
+    spec: dict,
+    relaxed: bool = False,
+    hidden: str = "8x0e + 8x0o + 4x1e + 4x1o + 2x2e + 2x2o",
+    l_max: int = 2,
+    n_radial: int = 4,
+    layers: int = 2,
+    max_radius: float = 4.0,
+) -> PointClassifier:
     """The registry's signature: ``build(task spec, relaxed=False, **params from the config)``."""
     return PointClassifier(spec["num_classes"], hidden, l_max, n_radial, layers, max_radius, relaxed)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from relaxbench import __version__, registry
 from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
@@ -21,7 +21,14 @@ from relaxbench.threads import limit_threads
 
 __all__ = ["main"]
 
-USER_ERRORS = (ConfigError, registry.RegistryError, TaskError, MethodError, LeaderboardError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    registry.RegistryError,
+    TaskError,
+    MethodError,
+    LeaderboardError,
+    FileNotFoundError,
+)
 
 
 def _positive(text: str) -> int:
@@ -46,8 +53,10 @@ def data_dir_for(cfg: dict, task: str, results: str | Path) -> Path:
 def cmd_data(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.task not in {r.task for r in expand_runs(cfg)} | set(cfg["tasks"]):
-        raise ConfigError(f"task {args.task!r} is not used by {args.config}; choices: "
-                          f"{sorted({r.task for r in expand_runs(cfg)})}")
+        raise ConfigError(
+            f"task {args.task!r} is not used by {args.config}; choices: "
+            f"{sorted({r.task for r in expand_runs(cfg)})}"
+        )
     out = Path(args.out) if args.out else data_dir_for(cfg, args.task, args.results)
     task = registry.get_task_class(args.task)(cfg["tasks"].get(args.task), out)
     if task.prepared() and not args.force:
@@ -76,8 +85,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     record = train_run(resolved, run_dir, data_dir, quiet=args.quiet, resume=args.resume)
     value = record.test.get(record.metric)
-    print(f"{run_dir}: {record.status}" + (f", test {record.metric} = {value:.6g}" if value is not None else "")
-          + (f" ({record.reason})" if record.reason else ""))
+    print(
+        f"{run_dir}: {record.status}"
+        + (f", test {record.metric} = {value:.6g}" if value is not None else "")
+        + (f" ({record.reason})" if record.reason else "")
+    )
     return 0
 
 
@@ -136,16 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--method", required=True)
     p.add_argument("--seed", required=True, type=_non_negative)
-    p.add_argument("--out", help="run folder (default: results/<config>/runs/<task>/<model>/<method>/seed<k>)")
+    p.add_argument(
+        "--out", help="run folder (default: results/<config>/runs/<task>/<model>/<method>/seed<k>)"
+    )
     p.add_argument("--data-dir", help="the task's data folder (default: the config's cache)")
-    p.add_argument("--threads", type=_positive, help="threads for torch and numpy's BLAS (default: the config's 'threads')")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        help="threads for torch and numpy's BLAS (default: the config's 'threads')",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = add("collect", cmd_collect, "gather every run record into results/<config>/leaderboard.csv and aggregates.csv")
+    p = add(
+        "collect",
+        cmd_collect,
+        "gather every run record into results/<config>/leaderboard.csv and aggregates.csv",
+    )
     p.add_argument("--config", required=True)
 
-    p = add("report", cmd_report, "render the static HTML report reports/<config>/index.html from the leaderboard")
+    p = add(
+        "report", cmd_report, "render the static HTML report reports/<config>/index.html from the leaderboard"
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--reports", default="reports", help="reports root (default: reports)")
 
@@ -157,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         return args.func(args)
     except USER_ERRORS as err:

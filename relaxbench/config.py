@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jsonschema
 import yaml
@@ -149,8 +150,10 @@ def check_model_params(cfg: Mapping[str, Any], source: str = "config") -> None:
         build = registry.build_parameters(model["arch"], model.get("family"))
         unknown = sorted(set(model.get("params", {})) - set(build.names))
         if unknown and not build.any_keyword:
-            raise ConfigError(f"{source}: at 'models.{key}.params': unknown parameter(s) {unknown}; "
-                              f"choices: {sorted(build.names)}")
+            raise ConfigError(
+                f"{source}: at 'models.{key}.params': unknown parameter(s) {unknown}; "
+                f"choices: {sorted(build.names)}"
+            )
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -178,7 +181,9 @@ class RunSpec:
 
     def path(self, config_name: str, results: str | Path = "results") -> Path:
         """``results/<config>/runs/<task>/<model>/<method>/seed<k>``."""
-        return Path(results) / config_name / "runs" / self.task / self.model / self.method / f"seed{self.seed}"
+        return (
+            Path(results) / config_name / "runs" / self.task / self.model / self.method / f"seed{self.seed}"
+        )
 
 
 def expand_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:
@@ -208,9 +213,15 @@ def data_key(cfg: Mapping[str, Any], task: str) -> str:
 def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     """Every setting one run depends on (the input of ``relaxbench train`` and of the config hash)."""
     model = cfg["models"][run.model]
-    training = {**schema()["properties"]["training"]["default"], **cfg["training"], **model.get("training", {})}
-    method = get_method(run.method, {**cfg["methods"].get(run.method, {}),
-                                     **model.get("method_params", {}).get(run.method, {})})
+    training = {
+        **schema()["properties"]["training"]["default"],
+        **cfg["training"],
+        **model.get("training", {}),
+    }
+    method = get_method(
+        run.method,
+        {**cfg["methods"].get(run.method, {}), **model.get("method_params", {}).get(run.method, {})},
+    )
     return {
         "config_name": cfg["name"],
         "task": run.task,

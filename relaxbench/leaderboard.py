@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,15 +84,50 @@ PAIRED_QUANTITIES = ("test_metric", "gen_gap")
 
 #: Leading columns of the leaderboard, in order; metric and version columns follow.
 LEAD_COLUMNS = [
-    "task", "model", "arch", "family", "method", "seed", "status", "reason", "diverged_epoch",
-    "metric", "metric_unit", "lower_is_better", "test_metric", "gen_gap", "test_metric_unprojected",
-    "theta_unprojected", "equiv_init_exact", "equiv_init_approx", "equiv_final_exact", "equiv_final_approx",
+    "task",
+    "model",
+    "arch",
+    "family",
+    "method",
+    "seed",
+    "status",
+    "reason",
+    "diverged_epoch",
+    "metric",
+    "metric_unit",
+    "lower_is_better",
+    "test_metric",
+    "gen_gap",
+    "test_metric_unprojected",
+    "theta_unprojected",
+    "equiv_init_exact",
+    "equiv_init_approx",
+    "equiv_final_exact",
+    "equiv_final_approx",
     "equiv_dtype",
 ]
 TAIL_COLUMNS = [
-    "params_total", "params_equivariant", "params_free", "epochs_run", "best_epoch", "steps", "wall_time_s",
-    "time_per_step_s", "eval_time_s", "peak_memory_mb", "exported", "resumed", "device", "threads", "git_commit",
-    "started_at", "config_name", "config_hash", "schema_version", "metric_version", "run_dir",
+    "params_total",
+    "params_equivariant",
+    "params_free",
+    "epochs_run",
+    "best_epoch",
+    "steps",
+    "wall_time_s",
+    "time_per_step_s",
+    "eval_time_s",
+    "peak_memory_mb",
+    "exported",
+    "resumed",
+    "device",
+    "threads",
+    "git_commit",
+    "started_at",
+    "config_name",
+    "config_hash",
+    "schema_version",
+    "metric_version",
+    "run_dir",
 ]
 
 
@@ -114,7 +149,11 @@ def _row(record_path: Path, results_dir: Path) -> dict:
 
 def _missing_row(run: RunSpec, results_dir: Path) -> dict:
     return {
-        "task": run.task, "model": run.model, "method": run.method, "seed": run.seed, "status": "missing",
+        "task": run.task,
+        "model": run.model,
+        "method": run.method,
+        "seed": run.seed,
+        "status": "missing",
         "reason": "no record.json: the run has not finished (not started, still running, or killed)",
         "run_dir": run.path(results_dir.name, results_dir.parent).relative_to(results_dir).as_posix(),
     }
@@ -136,22 +175,34 @@ def collect(results_dir: str | Path, expected: Iterable[RunSpec] | None = None) 
     rows = [_row(path, results_dir) for path in sorted(results_dir.glob("runs/*/*/*/seed*/record.json"))]
     if expected is not None:
         found = {(r["task"], r["model"], r["method"], r["seed"]) for r in rows}
-        rows += [_missing_row(run, results_dir) for run in expected
-                 if (run.task, run.model, run.method, run.seed) not in found]
+        rows += [
+            _missing_row(run, results_dir)
+            for run in expected
+            if (run.task, run.model, run.method, run.seed) not in found
+        ]
     if not rows:
-        raise LeaderboardError(f"{results_dir}: no run records (runs/<task>/<model>/<method>/seed<k>/record.json)")
+        raise LeaderboardError(
+            f"{results_dir}: no run records (runs/<task>/<model>/<method>/seed<k>/record.json)"
+        )
     board = pd.DataFrame(rows)
     fixed = set(LEAD_COLUMNS) | set(TAIL_COLUMNS)
     losses = {f"{split}_loss" for split in ("train", "val", "test")}  # present even when no run finished
-    metrics = sorted(losses | {c for c in board if c.startswith(("train_", "val_", "test_")) and c not in fixed})
+    metrics = sorted(
+        losses | {c for c in board if c.startswith(("train_", "val_", "test_")) and c not in fixed}
+    )
     versions = sorted(c for c in board if c.startswith("version_"))
-    newer = [c for c in board if c not in fixed.union(metrics, versions)]  # record fields added after this module
+    newer = [
+        c for c in board if c not in fixed.union(metrics, versions)
+    ]  # record fields added after this module
     board = board.reindex(columns=LEAD_COLUMNS + metrics + newer + TAIL_COLUMNS + versions)
     older = board.loc[(board["status"] != "missing") & (board["metric_version"] != METRIC_VERSION), "run_dir"]
     if len(older):
-        warnings.warn(f"{results_dir}: {len(older)} run record(s) were measured with an older metric version than "
-                      f"{METRIC_VERSION} (e.g. {older.iloc[0]}): their metrics do not compare with the others'; "
-                      "rerun them (Snakemake does, since the version is part of every run's settings)", stacklevel=2)
+        warnings.warn(
+            f"{results_dir}: {len(older)} run record(s) were measured with an older metric version than "
+            f"{METRIC_VERSION} (e.g. {older.iloc[0]}): their metrics do not compare with the others'; "
+            "rerun them (Snakemake does, since the version is part of every run's settings)",
+            stacklevel=2,
+        )
     return board.sort_values(["task", "model", "method", "seed"], kind="stable").reset_index(drop=True)
 
 
@@ -193,15 +244,26 @@ def paired_difference(x: Sequence[float], baseline: Sequence[float]) -> dict[str
         raise ValueError(f"paired samples differ in length: {x.shape} vs {baseline.shape}")
     d = x - baseline
     n = len(d)
-    out = {"n": n, "mean": float(np.mean(d)) if n else math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "p_ttest": math.nan, "p_wilcoxon": math.nan, "dz": math.nan}
+    out = {
+        "n": n,
+        "mean": float(np.mean(d)) if n else math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "p_ttest": math.nan,
+        "p_wilcoxon": math.nan,
+        "dz": math.nan,
+    }
     if n >= 2 and np.std(d, ddof=1) <= 1e-12 * np.max(np.abs(d)):
         out.update(ci_low=out["mean"], ci_high=out["mean"])
     elif n >= 2:
         res = _quiet_stats(stats.ttest_rel, x, baseline)
         ci = res.confidence_interval(CONFIDENCE)
-        out.update(ci_low=float(ci.low), ci_high=float(ci.high), p_ttest=float(res.pvalue),
-                   dz=float(res.statistic) / math.sqrt(n))
+        out.update(
+            ci_low=float(ci.low),
+            ci_high=float(ci.high),
+            p_ttest=float(res.pvalue),
+            dz=float(res.statistic) / math.sqrt(n),
+        )
     if n >= WILCOXON_MIN_PAIRS and np.any(d != 0):
         out["p_wilcoxon"] = float(_quiet_stats(stats.wilcoxon, x, baseline).pvalue)
     return out
@@ -221,8 +283,10 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
 
 def _not_ok_summary(runs: pd.DataFrame) -> str:
     bad = runs[runs["status"] != "ok"]
-    return "; ".join(f"seed {r.seed}: {r.status}" + (f" ({r.reason})" if isinstance(r.reason, str) else "")
-                     for r in bad.itertuples())
+    return "; ".join(
+        f"seed {r.seed}: {r.status}" + (f" ({r.reason})" if isinstance(r.reason, str) else "")
+        for r in bad.itertuples()
+    )
 
 
 def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
@@ -236,7 +300,9 @@ def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     ``rank, is_best, tied_with_best, p_vs_best`` within the task (see the module docstring).
     """
     ok = board[board["status"] == "ok"]
-    meta = board.dropna(subset=["metric"]).groupby("task")[["metric", "metric_unit", "lower_is_better"]].first()
+    meta = (
+        board.dropna(subset=["metric"]).groupby("task")[["metric", "metric_unit", "lower_is_better"]].first()
+    )
     families = board.dropna(subset=["family"]).groupby("model")["family"].first()
     rows, samples = [], {}
     for key, runs in board.groupby(GROUP, sort=True):
@@ -244,11 +310,16 @@ def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         good = runs[runs["status"] == "ok"]
         samples[key] = good["test_metric"].dropna().to_numpy(dtype=float)
         counts = runs["status"].value_counts()
-        row = {"task": task, "model": model, "method": method, "family": families.get(model),
-               **{c: meta.at[task, c] if task in meta.index else None for c in meta.columns},
-               "n_total": len(runs),
-               **{f"n_{s}": int(counts.get(s, 0)) for s in ("ok", "diverged", "failed", "missing")},
-               "not_ok": _not_ok_summary(runs)}
+        row = {
+            "task": task,
+            "model": model,
+            "method": method,
+            "family": families.get(model),
+            **{c: meta.at[task, c] if task in meta.index else None for c in meta.columns},
+            "n_total": len(runs),
+            **{f"n_{s}": int(counts.get(s, 0)) for s in ("ok", "diverged", "failed", "missing")},
+            "not_ok": _not_ok_summary(runs),
+        }
         for q in QUANTITIES:
             row.update(_prefixed(q, summarize(good[q])))
         base = ok[(ok["task"] == task) & (ok["model"] == model) & (ok["method"] == BASELINE)]

@@ -19,8 +19,9 @@ follow the published N-body / VN-PointNet experiments (``lambda = 0.01`` on both
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from relaxbench.relax.schedules import SCHEDULES, Schedule
 
@@ -85,7 +86,9 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("equivariant"),
         Method("relaxed", "relaxed", "triangle", lambda_lie=0.01, lambda_norm=0.01),
-        Method("relaxed_no_schedule", "relaxed", "constant", theta_peak=0.1, lambda_lie=0.01, lambda_norm=0.01),
+        Method(
+            "relaxed_no_schedule", "relaxed", "constant", theta_peak=0.1, lambda_lie=0.01, lambda_norm=0.01
+        ),
         Method("relaxed_no_lie", "relaxed", "triangle", lambda_norm=0.01),
         Method("relaxed_no_reg", "relaxed", "triangle"),
         Method("rpp", "relaxed", "constant", theta_peak=1.0, free_l2=0.01, project=False),

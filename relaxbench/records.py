@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "RECORD_SCHEMA_VERSION", "LeaderboardError", "RunRecord", "STATUSES", "atomic_write_bytes", "atomic_write_npz",
-    "atomic_write_text", "read_record",
+    "RECORD_SCHEMA_VERSION",
+    "LeaderboardError",
+    "RunRecord",
+    "STATUSES",
+    "atomic_write_bytes",
+    "atomic_write_npz",
+    "atomic_write_text",
+    "read_record",
 ]
 
 RECORD_SCHEMA_VERSION = 1

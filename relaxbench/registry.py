@@ -20,8 +20,9 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import relaxbench.models
 import relaxbench.tasks
@@ -29,8 +30,16 @@ import relaxbench.tasks
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["BuildParameters", "ModelEntry", "RegistryError", "build_parameters", "get_model", "get_task_class",
-           "model_names", "task_names"]
+__all__ = [
+    "BuildParameters",
+    "ModelEntry",
+    "RegistryError",
+    "build_parameters",
+    "get_model",
+    "get_task_class",
+    "model_names",
+    "task_names",
+]
 
 _PRIVATE = {"base"}
 
@@ -70,8 +79,8 @@ class ModelEntry:
 
     arch: str
     family: str
-    build: Callable[..., "nn.Module"]
-    build_unconstrained: Callable[..., "nn.Module"] | None
+    build: Callable[..., nn.Module]
+    build_unconstrained: Callable[..., nn.Module] | None
 
 
 def _import_entry(arch: str) -> Callable[..., Any]:
@@ -127,8 +136,11 @@ def build_parameters(arch: str, family: str | None = None) -> BuildParameters:
             return read
     params = inspect.signature(get_model(arch, family).build).parameters.values()  # names unknown models
     return BuildParameters(
-        tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-              and p.name not in ("spec", "relaxed")),
+        tuple(
+            p.name
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("spec", "relaxed")
+        ),
         any(p.kind is p.VAR_KEYWORD for p in params),
     )
 

@@ -17,8 +17,14 @@ from threadpoolctl import threadpool_limits
 __all__ = ["THREAD_VARIABLES", "limit_threads"]
 
 #: Environment variables read by BLAS and OpenMP libraries when they load (the ones Snakemake sets).
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "GOTO_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def limit_threads(n: int) -> None:

@@ -10,20 +10,21 @@ atomically; a killed run leaves no record and so is simply rerun. Optional check
 from __future__ import annotations
 
 import io
-import os
 import logging
 import math
+import os
 import platform
 import random
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,8 +80,9 @@ def build_model(resolved: Mapping[str, Any], task: Task, method: Method) -> tupl
         if method.variant == "unconstrained" and entry.build_unconstrained is not None:
             return entry.build_unconstrained(task.spec, **params), method
         if method.variant == "unconstrained":
-            fixed = replace(method, schedule="constant", theta_peak=1.0, project=False,
-                            lambda_lie=0.0, lambda_norm=0.0)
+            fixed = replace(
+                method, schedule="constant", theta_peak=1.0, project=False, lambda_lie=0.0, lambda_norm=0.0
+            )
             return entry.build(task.spec, relaxed=True, **params), fixed
         return entry.build(task.spec, relaxed=method.relaxed, **params), method
     except TypeError as err:
@@ -88,7 +90,9 @@ def build_model(resolved: Mapping[str, Any], task: Task, method: Method) -> tupl
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, task: Task, split: Split, batch_size: int, device: torch.device
+) -> dict[str, float]:
     """Mean of every per-example metric (and ``loss``) over a split, model in eval mode."""
     model.eval()
     sums: dict[str, float] = {}
@@ -104,7 +108,9 @@ def evaluate(model: nn.Module, task: Task, split: Split, batch_size: int, device
 def _optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        return torch.optim.SGD(
+            params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+        )
     cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
@@ -180,8 +186,14 @@ class Trainer:
     :func:`train_run` drives it; the benchmarks time its :meth:`train_epoch` and :meth:`equivariance_error`.
     """
 
-    def __init__(self, resolved: Mapping[str, Any], task: Task, splits: dict[str, Split], device: torch.device,
-                 quiet: bool) -> None:
+    def __init__(
+        self,
+        resolved: Mapping[str, Any],
+        task: Task,
+        splits: dict[str, Split],
+        device: torch.device,
+        quiet: bool,
+    ) -> None:
         self.resolved, self.task, self.splits, self.device, self.quiet = resolved, task, splits, device, quiet
         self.cfg = resolved["training"]
         self.seed = int(resolved["seed"])
@@ -237,9 +249,15 @@ class Trainer:
         ``equivariance_samples`` group elements drawn with a generator seeded from the run's seed, in
         ``equivariance_dtype``, forward passes of at most ``eval_batch_size`` examples."""
         batch = self.equivariance_examples()
-        return model_equivariance_error(self.model, self.task, batch, self.cfg["equivariance_samples"],
-                                        10_000 + self.seed, dtype=getattr(torch, self.cfg["equivariance_dtype"]),
-                                        max_batch=self.cfg["eval_batch_size"])
+        return model_equivariance_error(
+            self.model,
+            self.task,
+            batch,
+            self.cfg["equivariance_samples"],
+            10_000 + self.seed,
+            dtype=getattr(torch, self.cfg["equivariance_dtype"]),
+            max_batch=self.cfg["eval_batch_size"],
+        )
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         theta = self.schedule(epoch)
@@ -252,7 +270,9 @@ class Trainer:
         sums = {"loss": 0.0, "task_loss": 0.0, "lie": 0.0, "norm": 0.0}
         n = 0
         limit = self.cfg["max_steps_per_epoch"]
-        for step, batch in enumerate(self.splits["train"].batches(self.cfg["batch_size"], self.shuffle, self.device)):
+        for step, batch in enumerate(
+            self.splits["train"].batches(self.cfg["batch_size"], self.shuffle, self.device)
+        ):
             if limit is not None and step >= limit:
                 break
             ts = time.perf_counter()
@@ -292,33 +312,58 @@ class Trainer:
     def fit(self, run_dir: Path, config_hash: str) -> None:
         epochs = self.cfg["epochs"]
         every = self.cfg["checkpoint_every"]
-        bar = tqdm(range(self.start_epoch, epochs), desc="epochs", disable=self.quiet or not sys.stderr.isatty())
+        bar = tqdm(
+            range(self.start_epoch, epochs), desc="epochs", disable=self.quiet or not sys.stderr.isatty()
+        )
         for epoch in bar:
             row = self.train_epoch(epoch)
             val = self.select(epoch, row["theta"])
             row.update({f"val_{k}": v for k, v in val.items()})
             self.history.append(row)
-            log.info("epoch %d theta %.3f loss %.4g val %s %.4g", epoch, row["theta"], row["loss"],
-                     self.task.primary.name, val[self.task.primary.name])
+            log.info(
+                "epoch %d theta %.3f loss %.4g val %s %.4g",
+                epoch,
+                row["theta"],
+                row["loss"],
+                self.task.primary.name,
+                val[self.task.primary.name],
+            )
             bar.set_postfix(loss=f"{row['loss']:.4g}", val=f"{val[self.task.primary.name]:.4g}")
             if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-                _save_torch(run_dir / "checkpoint.pt", {**self.checkpoint_state(epoch + 1), "config_hash": config_hash})
+                _save_torch(
+                    run_dir / "checkpoint.pt",
+                    {**self.checkpoint_state(epoch + 1), "config_hash": config_hash},
+                )
 
 
 def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRecord:
     return RunRecord(
-        task=resolved["task"], model=resolved["model"], arch=resolved["arch"],
+        task=resolved["task"],
+        model=resolved["model"],
+        arch=resolved["arch"],
         family=resolved.get("family") or registry.get_model(resolved["arch"], resolved.get("family")).family,
-        method=resolved["method"], seed=int(resolved["seed"]), config_name=resolved["config_name"],
-        config_hash=run_hash(resolved), status=status, metric=task.primary.name, metric_unit=task.primary.unit,
-        lower_is_better=task.primary.lower_is_better, versions=_versions(), git_commit=_git_commit(),
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_config=dict(resolved),
+        method=resolved["method"],
+        seed=int(resolved["seed"]),
+        config_name=resolved["config_name"],
+        config_hash=run_hash(resolved),
+        status=status,
+        metric=task.primary.name,
+        metric_unit=task.primary.unit,
+        lower_is_better=task.primary.lower_is_better,
+        versions=_versions(),
+        git_commit=_git_commit(),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run_config=dict(resolved),
         threads=torch.get_num_threads(),
     )
 
 
 def train_run(
-    resolved: Mapping[str, Any], run_dir: str | Path, data_dir: str | Path, quiet: bool = True, resume: bool = False
+    resolved: Mapping[str, Any],
+    run_dir: str | Path,
+    data_dir: str | Path,
+    quiet: bool = True,
+    resume: bool = False,
 ) -> RunRecord:
     """Train one run and write its directory; returns the record (status ``ok``, ``diverged`` or ``failed``).
 
@@ -417,4 +462,3 @@ def _publish(run_dir: Path, record: RunRecord, trainer: Trainer) -> None:
         os.replace(stage / name, run_dir / name)
     stage.rmdir()
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-

@@ -23,5 +23,7 @@ def tiny_config(tmp_path: Path) -> dict:
         "training": {"epochs": 2, "batch_size": 16, "equivariance_samples": 2, "equivariance_examples": 8},
         "methods": {"equivariant": {}, "relaxed": {}},
         "tasks": {"tetris": {"n_train": 2, "n_val": 2, "n_test": 2}},
-        "models": {"tfn": {"tasks": ["tetris"], "params": {"hidden": "4x0e + 4x0o + 2x1e + 2x1o", "layers": 2}}},
+        "models": {
+            "tfn": {"tasks": ["tetris"], "params": {"hidden": "4x0e + 4x0o + 2x1e + 2x1o", "layers": 2}}
+        },
     }

@@ -12,8 +12,13 @@ pytestmark = pytest.mark.slow
 
 
 def run(script: str, *args: str) -> str:
-    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], check=True, capture_output=True,
-                          text=True, timeout=300).stdout
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("bench_*.py")))

@@ -19,7 +19,9 @@ def write(tmp_path, cfg, name="c.yaml"):
 
 
 def test_help_lists_the_subcommands():
-    out = subprocess.run([sys.executable, "-m", "relaxbench", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "relaxbench", "--help"], capture_output=True, text=True, check=True
+    )
     for sub in ("data", "train", "list"):
         assert sub in out.stdout
 
@@ -38,8 +40,22 @@ def test_data_then_train_then_cached(tmp_path, tiny_config, capsys, monkeypatch)
     assert main(["data", "--config", cfg, "--task", "tetris", "--results", res]) == 0
     assert main(["data", "--config", cfg, "--task", "tetris", "--results", res]) == 0
     assert "cached" in capsys.readouterr().out
-    args = ["train", "--config", cfg, "--task", "tetris", "--model", "tfn", "--method", "relaxed", "--seed", "0",
-            "--results", res, "--quiet"]
+    args = [
+        "train",
+        "--config",
+        cfg,
+        "--task",
+        "tetris",
+        "--model",
+        "tfn",
+        "--method",
+        "relaxed",
+        "--seed",
+        "0",
+        "--results",
+        res,
+        "--quiet",
+    ]
     assert main(args) == 0
     assert "ok, test error_rate" in capsys.readouterr().out
     assert (tmp_path / "results/unit/runs/tetris/tfn/relaxed/seed0/record.json").exists()
@@ -66,8 +82,21 @@ def test_runs_outside_the_grid_are_rejected(tmp_path, tiny_config, capsys, extra
 def test_bad_config_writes_nothing(tmp_path, tiny_config, capsys):
     tiny_config["training"]["epochz"] = 3
     cfg = write(tmp_path, tiny_config)
-    args = ["train", "--config", cfg, "--task", "tetris", "--model", "tfn", "--method", "relaxed", "--seed", "0",
-            "--results", str(tmp_path / "r")]
+    args = [
+        "train",
+        "--config",
+        cfg,
+        "--task",
+        "tetris",
+        "--model",
+        "tfn",
+        "--method",
+        "relaxed",
+        "--seed",
+        "0",
+        "--results",
+        str(tmp_path / "r"),
+    ]
     assert main(args) == 2
     assert "unknown key(s) ['epochz']" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -85,8 +114,12 @@ def test_out_of_range_flags_exit_2(tmp_path, tiny_config, flag, value):
 
 def test_limit_threads_covers_pools_loaded_afterwards():
     """escnn loads scipy's own OpenBLAS after the limit is set; it must start with the limit too."""
-    code = ("from relaxbench.threads import limit_threads; limit_threads(1); import escnn, sklearn; "
-            "from threadpoolctl import threadpool_info; print(sorted({p['num_threads'] for p in threadpool_info()}))")
+    code = (
+        "from relaxbench.threads import limit_threads; limit_threads(1); import escnn, sklearn; "
+        "from threadpoolctl import threadpool_info; print(sorted({p['num_threads'] for p in threadpool_info()}))"
+    )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env
+    ).stdout
     assert out.strip() == "[1]"

@@ -9,7 +9,15 @@ import pytest
 import yaml
 
 from relaxbench import registry
-from relaxbench.config import ConfigError, RunSpec, expand_runs, load_config, resolve_run, run_hash, validate_config
+from relaxbench.config import (
+    ConfigError,
+    RunSpec,
+    expand_runs,
+    load_config,
+    resolve_run,
+    run_hash,
+    validate_config,
+)
 
 
 def test_valid_config_fills_defaults(tiny_config):
@@ -35,8 +43,11 @@ def test_model_training_overrides_and_hash_changes_only_for_that_model(tiny_conf
 
 
 def test_per_model_method_params_override_the_top_level_method(tiny_config):
-    tiny_config["models"]["other"] = {"arch": "tfn", "tasks": ["tetris"],
-                                      "method_params": {"relaxed": {"lambda_lie": 0.0005, "lie_times_theta": True}}}
+    tiny_config["models"]["other"] = {
+        "arch": "tfn",
+        "tasks": ["tetris"],
+        "method_params": {"relaxed": {"lambda_lie": 0.0005, "lie_times_theta": True}},
+    }
     cfg = validate_config(tiny_config)
     other = resolve_run(cfg, RunSpec("tetris", "other", "relaxed", 0))["method_params"]
     tfn = resolve_run(cfg, RunSpec("tetris", "tfn", "relaxed", 0))["method_params"]
@@ -60,10 +71,16 @@ BAD = [
     (lambda c: c["models"]["tfn"].update(methods=["relaxed_v2"]), "not configured; choices"),
     (lambda c: c["methods"].update(magic={}), "unknown method 'magic'; choices"),
     (lambda c: c["models"]["tfn"].update(method_params={"rpp": {}}), "method 'rpp' is not configured"),
-    (lambda c: c["models"]["tfn"].update(method_params={"relaxed": {"lamda": 1}}), "models.tfn.method_params"),
+    (
+        lambda c: c["models"]["tfn"].update(method_params={"relaxed": {"lamda": 1}}),
+        "models.tfn.method_params",
+    ),
     (lambda c: c["methods"].update(relaxed={"lamda": 1}), "methods.relaxed"),
     (lambda c: c["tasks"].update(mnist3d={}), "unknown task 'mnist3d'"),
-    (lambda c: c["tasks"]["tetris"].update(n_trian=3), "at 'tasks.tetris': unknown parameter(s) ['n_trian']; choices"),
+    (
+        lambda c: c["tasks"]["tetris"].update(n_trian=3),
+        "at 'tasks.tetris': unknown parameter(s) ['n_trian']; choices",
+    ),
     (lambda c: c.pop("models"), "'models' is a required property"),
 ]
 
@@ -95,7 +112,10 @@ def test_model_params_are_checked_against_the_build_signature(tiny_config):
     check_model_params(cfg)
     tiny_config["models"]["tfn"]["params"]["hiden"] = "4x0e"
     cfg = validate_config(tiny_config)  # the cheap check every job runs does not import the models
-    with pytest.raises(ConfigError, match=r"at 'models.tfn.params': unknown parameter\(s\) \['hiden'\]; choices: \[.*'hidden'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"at 'models.tfn.params': unknown parameter\(s\) \['hiden'\]; choices: \[.*'hidden'",
+    ):
         check_model_params(cfg, "cfg.yaml")
 
 
@@ -103,8 +123,11 @@ def test_model_params_are_checked_against_the_build_signature(tiny_config):
 def test_build_parameters_read_from_source_match_the_imported_signature(arch):
     """The source-read signature (what the workflow checks) is the one Python sees after importing."""
     params = inspect.signature(registry.get_model(arch).build).parameters.values()
-    expected = tuple(p.name for p in params if p.name not in ("spec", "relaxed")
-                     and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+    expected = tuple(
+        p.name
+        for p in params
+        if p.name not in ("spec", "relaxed") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
     read = registry.build_parameters(arch)
     assert registry._source_build_parameters(f"relaxbench.models.{arch}") == read  # read, not imported
     assert read.names == expected
@@ -114,9 +137,11 @@ def test_build_parameters_read_from_source_match_the_imported_signature(arch):
 def test_checking_model_params_imports_no_model_library(tiny_config):
     """`snakemake` checks every config's params when it parses the Snakefile: that must not import escnn/e3nn."""
     tiny_config["models"]["steerable_cnn"] = {"tasks": ["rotdigits"], "params": {"N": 4, "channels": [4]}}
-    code = ("import sys; from relaxbench.config import validate_config, check_model_params; import yaml; "
-            f"cfg = validate_config(yaml.safe_load({yaml.safe_dump(tiny_config)!r})); check_model_params(cfg); "
-            "print(sorted(m for m in ('escnn', 'e3nn') if m in sys.modules))")
+    code = (
+        "import sys; from relaxbench.config import validate_config, check_model_params; import yaml; "
+        f"cfg = validate_config(yaml.safe_load({yaml.safe_dump(tiny_config)!r})); check_model_params(cfg); "
+        "print(sorted(m for m in ('escnn', 'e3nn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
 
@@ -125,10 +150,13 @@ def test_source_read_signature_falls_back_to_import_unless_build_is_one_plain_de
     package = tmp_path / "fake_models"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "plain.py").write_text("def build(spec, /, relaxed=False, width=8, *, depth=2, **extra):\n    pass\n")
+    (package / "plain.py").write_text(
+        "def build(spec, /, relaxed=False, width=8, *, depth=2, **extra):\n    pass\n"
+    )
     (package / "decorated.py").write_text(
         "def wrap(f):\n    def g(spec, relaxed=False, **kw):\n"
-        "        return f(spec, relaxed)\n    return g\n\n@wrap\ndef build(spec, relaxed=False, width=8):\n    pass\n")
+        "        return f(spec, relaxed)\n    return g\n\n@wrap\ndef build(spec, relaxed=False, width=8):\n    pass\n"
+    )
     (package / "reexport.py").write_text("from fake_models.plain import build\n")
     (package / "redefined.py").write_text("def build(spec, a=1):\n    pass\n\nif True:\n    build = None\n")
     (package / "star.py").write_text("def build(spec, a=1):\n    pass\n\nfrom os.path import *\n")
@@ -138,9 +166,13 @@ def test_source_read_signature_falls_back_to_import_unless_build_is_one_plain_de
     assert read("fake_models.plain") == registry.BuildParameters(("width", "depth"), True)
     assert read("fake_models.decorated") is None and read("fake_models.reexport") is None
     assert read("fake_models.redefined") is None and read("fake_models.star") is None
-    assert read("fake_models.nested") == registry.BuildParameters(("a",), False)  # a local name is not the module's
+    assert read("fake_models.nested") == registry.BuildParameters(
+        ("a",), False
+    )  # a local name is not the module's
     # the import path sees the decorated signature
-    assert registry.build_parameters("fake_models.decorated:build", "toy") == registry.BuildParameters((), True)
+    assert registry.build_parameters("fake_models.decorated:build", "toy") == registry.BuildParameters(
+        (), True
+    )
 
 
 def test_metric_version_is_part_of_every_run_hash(tiny_config, monkeypatch):

@@ -54,7 +54,9 @@ def test_paired_difference_matches_hand_computed_values():
     assert p["p_ttest"] == pytest.approx(1 - 4 / math.sqrt(18), rel=1e-9)
     assert p["p_ttest"] == pytest.approx(stats.ttest_rel(x, base).pvalue, rel=1e-12)
     assert p["dz"] == pytest.approx(-0.08 / math.sqrt(0.0012), rel=1e-9)
-    assert (p["ci_low"], p["ci_high"]) == pytest.approx((-0.08 - T975_DF2 * 0.02, -0.08 + T975_DF2 * 0.02), rel=1e-9)
+    assert (p["ci_low"], p["ci_high"]) == pytest.approx(
+        (-0.08 - T975_DF2 * 0.02, -0.08 + T975_DF2 * 0.02), rel=1e-9
+    )
     assert math.isnan(p["p_wilcoxon"])  # 3 pairs: too few for the signed-rank test
     with pytest.raises(ValueError, match="differ in length"):
         paired_difference([1.0, 2.0], [1.0])
@@ -100,11 +102,35 @@ def test_collect_keeps_every_run_with_status_and_provenance(results):
     board = collect(results_dir, grid + [extra])
     assert len(board) == len(grid) + 1
     assert board["status"].value_counts().to_dict() == {"ok": 16, "diverged": 1, "failed": 1, "missing": 1}
-    for column in ["task", "model", "family", "method", "seed", "status", "reason", "metric", "metric_unit",
-                   "test_metric", "test_error_rate", "test_accuracy", "train_loss", "test_loss", "val_loss",
-                   "gen_gap", "equiv_init_exact", "equiv_init_approx", "equiv_final_exact", "equiv_final_approx",
-                   "wall_time_s", "time_per_step_s", "version_torch", "git_commit", "device", "config_hash",
-                   "run_dir"]:
+    for column in [
+        "task",
+        "model",
+        "family",
+        "method",
+        "seed",
+        "status",
+        "reason",
+        "metric",
+        "metric_unit",
+        "test_metric",
+        "test_error_rate",
+        "test_accuracy",
+        "train_loss",
+        "test_loss",
+        "val_loss",
+        "gen_gap",
+        "equiv_init_exact",
+        "equiv_init_approx",
+        "equiv_final_exact",
+        "equiv_final_approx",
+        "wall_time_s",
+        "time_per_step_s",
+        "version_torch",
+        "git_commit",
+        "device",
+        "config_hash",
+        "run_dir",
+    ]:
         assert column in board, column
     diverged = board[board["status"] == "diverged"].iloc[0]
     assert (diverged["model"], diverged["method"], diverged["seed"]) == ("tfn", "relaxed", 2)
@@ -128,10 +154,13 @@ def test_aggregate_counts_pairs_by_seed_and_ranks(results):
     assert relaxed["test_metric_vs_equivariant_n"] == 2
     assert relaxed["test_metric_vs_equivariant_mean"] == pytest.approx(-0.055, rel=1e-12)
     assert relaxed["test_metric_vs_equivariant_p_ttest"] == pytest.approx(
-        stats.ttest_rel([0.20, 0.19], [0.30, 0.20]).pvalue, rel=1e-12)
+        stats.ttest_rel([0.20, 0.19], [0.30, 0.20]).pvalue, rel=1e-12
+    )
     assert relaxed["gen_gap_vs_equivariant_n"] == 2
     baseline = agg.loc[("tetris", "tfn", "equivariant")]
-    assert baseline["test_metric_vs_equivariant_n"] == 0 and math.isnan(baseline["test_metric_vs_equivariant_p_ttest"])
+    assert baseline["test_metric_vs_equivariant_n"] == 0 and math.isnan(
+        baseline["test_metric_vs_equivariant_p_ttest"]
+    )
     rpp = agg.loc[("tetris", "tfn", "rpp")]
     assert (rpp["n_ok"], rpp["n_missing"], rpp["n_total"]) == (0, 1, 1) and pd.isna(rpp["rank"])
     failed = agg.loc[("tetris", "vn", "relaxed")]
@@ -139,11 +168,18 @@ def test_aggregate_counts_pairs_by_seed_and_ranks(results):
 
     # tetris (lower is better): means tfn/relaxed 0.195 < tfn/eq 0.25 < vn/relaxed 0.46 < vn/eq 0.51
     tetris = agg.loc["tetris"].dropna(subset=["rank"])
-    assert tetris["rank"].to_dict() == {("tfn", "relaxed"): 1, ("tfn", "equivariant"): 2, ("vn", "relaxed"): 3,
-                                         ("vn", "equivariant"): 4}
+    assert tetris["rank"].to_dict() == {
+        ("tfn", "relaxed"): 1,
+        ("tfn", "equivariant"): 2,
+        ("vn", "relaxed"): 3,
+        ("vn", "equivariant"): 4,
+    }
     assert tetris["is_best"].to_dict()[("tfn", "relaxed")] and tetris["is_best"].sum() == 1
     best = [0.20, 0.19]
-    for key, values in {("tfn", "equivariant"): [0.30, 0.20, 0.25], ("vn", "equivariant"): [0.50, 0.52, 0.51]}.items():
+    for key, values in {
+        ("tfn", "equivariant"): [0.30, 0.20, 0.25],
+        ("vn", "equivariant"): [0.50, 0.52, 0.51],
+    }.items():
         p = stats.ttest_ind(values, best, equal_var=False).pvalue
         assert tetris.loc[key, "p_vs_best"] == pytest.approx(p, rel=1e-12)
         assert bool(tetris.loc[key, "tied_with_best"]) == (p >= 0.05)
@@ -188,4 +224,6 @@ def test_collect_flags_records_of_an_older_metric_version(results):
     with pytest.warns(UserWarning, match=r"1 run record\(s\) were measured with an older metric version"):
         board = collect(results_dir, grid)
     assert board.loc[board["run_dir"] == "runs/tetris/tfn/equivariant/seed0", "metric_version"].item() == 1
-    assert set(board.loc[board["run_dir"] != "runs/tetris/tfn/equivariant/seed0", "metric_version"].dropna()) == {METRIC_VERSION}
+    assert set(
+        board.loc[board["run_dir"] != "runs/tetris/tfn/equivariant/seed0", "metric_version"].dropna()
+    ) == {METRIC_VERSION}

@@ -9,7 +9,10 @@ from tests.conftest import REPO
 
 
 def pins(text: str) -> dict[str, str]:
-    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"^\s*(?:- )?([A-Za-z0-9_.\-]+)==(\S+)", text, re.M)}
+    return {
+        m.group(1).lower(): m.group(2)
+        for m in re.finditer(r"^\s*(?:- )?([A-Za-z0-9_.\-]+)==(\S+)", text, re.M)
+    }
 
 
 def test_environment_yml_pins_the_lock_file_versions():

@@ -26,13 +26,27 @@ def long_config(tiny_config, tmp_path):
 
 
 def command(cfg_path, out, data, *extra):
-    return [sys.executable, "-m", "relaxbench", "train", "--config", str(cfg_path), *RUN, "--out", str(out),
-            "--data-dir", str(data), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "relaxbench",
+        "train",
+        "--config",
+        str(cfg_path),
+        *RUN,
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        *extra,
+    ]
 
 
 def start(cfg_path, out, data):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command(cfg_path, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen(
+        command(cfg_path, out, data), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
 
 
 def kill_when(proc, path, timeout=120.0):
@@ -62,7 +76,11 @@ def test_killed_run_leaves_no_record_and_resumes_to_the_same_result(tmp_path, ti
     resolved = resolve_run(validate_config(cfg), RunSpec("tetris", "tfn", "relaxed", 0))
     straight = train_run(resolved, tmp_path / "straight", data)
     assert not straight.resumed
-    assert (resumed.test, resumed.val, resumed.best_epoch) == (straight.test, straight.val, straight.best_epoch)
+    assert (resumed.test, resumed.val, resumed.best_epoch) == (
+        straight.test,
+        straight.val,
+        straight.best_epoch,
+    )
     assert resumed.config_hash == straight.config_hash
 
 

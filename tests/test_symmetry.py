@@ -92,8 +92,11 @@ class TiedMLP(FlatMLP):
 def test_metric_leaves_the_model_as_it_was(task):
     torch.manual_seed(0)
     model = TiedMLP().train()
+
     def tensors():
-        return dict([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
+        return dict(
+            [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+        )
 
     before = {name: (t, t.detach().clone()) for name, t in tensors().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -104,7 +107,9 @@ def test_metric_leaves_the_model_as_it_was(task):
     after = tensors()
     assert after.keys() == before.keys()
     for name, (original, value) in before.items():
-        assert after[name] is original and torch.equal(original, value) and original.dtype == torch.float32, name
+        assert after[name] is original and torch.equal(original, value) and original.dtype == torch.float32, (
+            name
+        )
     model(task.load_splits()["train"].head(2)).sum().backward()  # still trains as float32
     optimizer.step()
 
@@ -112,7 +117,9 @@ def test_metric_leaves_the_model_as_it_was(task):
 def test_batched_metric_equals_one_call_per_element(task):
     torch.manual_seed(0)
     model = FlatMLP().double().eval()
-    batch = {k: v.double() if v.is_floating_point() else v for k, v in task.load_splits()["test"].head(6).items()}
+    batch = {
+        k: v.double() if v.is_floating_point() else v for k, v in task.load_splits()["test"].head(6).items()
+    }
     elements = task.sample_group(5, torch.Generator().manual_seed(1))
     calls = []
 
@@ -124,7 +131,15 @@ def test_batched_metric_equals_one_call_per_element(task):
     chunked = equivariance_error(f, batch, elements, task.act, task.act_output, max_batch=4)
     assert calls == [36, 4, 4, 4, 4, 4, 4, 4, 4, 4]
     fx = model(batch)
-    expected = torch.stack([(model(task.act(g, batch)) - task.act_output(g, fx)).norm(dim=1) / fx.norm(dim=1)
-                            for g in elements]).amax(0).mean()
+    expected = (
+        torch.stack(
+            [
+                (model(task.act(g, batch)) - task.act_output(g, fx)).norm(dim=1) / fx.norm(dim=1)
+                for g in elements
+            ]
+        )
+        .amax(0)
+        .mean()
+    )
     assert whole.exact == pytest.approx(float(expected), rel=1e-12)
     assert chunked.exact == pytest.approx(float(expected), rel=1e-12)

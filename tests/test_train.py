@@ -13,8 +13,18 @@ from relaxbench.records import read_record
 from relaxbench.tasks.base import Split
 from relaxbench.train import Trainer, train_run
 
-METRICS_ONLY = ("train", "val", "test", "gen_gap", "equiv_init_exact", "equiv_final_exact", "best_epoch",
-                "test_metric_unprojected", "params_total", "params_free")
+METRICS_ONLY = (
+    "train",
+    "val",
+    "test",
+    "gen_gap",
+    "equiv_init_exact",
+    "equiv_final_exact",
+    "best_epoch",
+    "test_metric_unprojected",
+    "params_total",
+    "params_free",
+)
 
 
 def run(cfg, tmp_path, method="relaxed", seed=0, name="run"):
@@ -33,7 +43,9 @@ def test_relaxed_run_writes_a_complete_record(tiny_config, tmp_path):
     assert on_disk == record
     assert set(record.test) == {"loss", "error_rate", "accuracy"}
     assert record.gen_gap == pytest.approx(record.test["loss"] - record.train["loss"])
-    assert record.equiv_final_exact < 1e-9 and record.equiv_init_exact < 1e-9  # projected: exactly equivariant
+    assert (
+        record.equiv_final_exact < 1e-9 and record.equiv_init_exact < 1e-9
+    )  # projected: exactly equivariant
     assert record.equiv_dtype == "float64"
     assert record.params_free > 0 and record.params_total == record.params_free + record.params_equivariant
     assert record.time_per_step_s > 0 and record.wall_time_s > 0 and record.steps == 3

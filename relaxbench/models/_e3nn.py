@@ -65,7 +65,9 @@ def relaxed_linear(relaxed: bool, irreps_in, irreps_out, init_std: float = 1e-4)
     )
 
 
-def relaxed_conditioned(relaxed: bool, module: nn.Module, irreps_in, irreps_out, init_std: float = 1e-4) -> nn.Module:
+def relaxed_conditioned(
+    relaxed: bool, module: nn.Module, irreps_in, irreps_out, init_std: float = 1e-4
+) -> nn.Module:
     """``module`` (``(x [..., irreps_in.dim], attr) -> [..., irreps_out.dim]``), relaxed with a dense free branch.
 
     The free branch is a bias-free ``Linear(dim_in -> dim_out)`` on ``x`` initialised ``N(0, init_std^2)``; it

@@ -40,8 +40,9 @@ indexing, not by dense ``[C, C]`` products.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable, Literal
+from typing import Literal
 
 import escnn.group._numerical as _escnn_numerical
 import numpy as np
@@ -203,7 +204,9 @@ def generator_elements(gspace, generators: Generators = "grid") -> list[EscnnEle
     else:
         raise ValueError(f"no penalty generators for the group {group}")
     if not elements:
-        raise ValueError(f"{group} contains no rotation acting exactly on the pixel grid; use generators='group'")
+        raise ValueError(
+            f"{group} contains no rotation acting exactly on the pixel grid; use generators='group'"
+        )
     return elements
 
 
@@ -224,22 +227,36 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
     ``R2Conv`` runs, bit for bit the plain model. :meth:`export` gives the projected layer as a ``Conv2d``.
     """
 
-    def __init__(self, conv: enn.R2Conv, generators: Generators = "grid", init_std: float = 1e-4,
-                 penalty_examples: int | None = None) -> None:
+    def __init__(
+        self,
+        conv: enn.R2Conv,
+        generators: Generators = "grid",
+        init_std: float = 1e-4,
+        penalty_examples: int | None = None,
+    ) -> None:
         if conv.padding_mode != "zeros" or conv.groups != 1:
             raise ValueError("RelaxedR2Conv needs an R2Conv with zero padding and groups=1")
         c_in, c_out = conv.in_type.size, conv.out_type.size
         elements = generator_elements(conv.in_type.gspace, generators)
 
         def free() -> nn.Conv2d:
-            layer = nn.Conv2d(c_in, c_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                              dilation=conv.dilation, bias=False)
+            layer = nn.Conv2d(
+                c_in,
+                c_out,
+                conv.kernel_size,
+                stride=conv.stride,
+                padding=conv.padding,
+                dilation=conv.dilation,
+                bias=False,
+            )
             nn.init.normal_(layer.weight, 0.0, init_std) if init_std > 0 else nn.init.zeros_(layer.weight)
             return layer
 
         gspace = conv.in_type.gspace
         base = [_basespace_matrix(gspace, g) for g in elements]
-        rho_in = torch.stack([fibre_matrix(conv.in_type, g) for g in elements])  # [G, C_in, C_in], escnn's, once
+        rho_in = torch.stack(
+            [fibre_matrix(conv.in_type, g) for g in elements]
+        )  # [G, C_in, C_in], escnn's, once
         rho_out = torch.stack([fibre_matrix(conv.out_type, g) for g in elements])
 
         def act(rhos: Tensor) -> Callable[[Tensor], Tensor]:
@@ -258,9 +275,9 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             for rho in (*rho_in, *rho_out_inv):
                 if not torch.allclose(rho @ rho.t(), torch.eye(len(rho), dtype=rho.dtype), atol=1e-9):
                     raise ValueError("the weight-space penalty needs orthogonal fibre representations")
-            index = torch.stack([
-                _grid_gather_index(_basespace_matrix(gspace, ~g), conv.kernel_size) for g in elements
-            ])
+            index = torch.stack(
+                [_grid_gather_index(_basespace_matrix(gspace, ~g), conv.kernel_size) for g in elements]
+            )
             self.kernel_ops = [_axis_ops(i, conv.kernel_size) for i in index]
             # rho_out^-1 K picks (and signs) rows of K, K rho_in columns: as indices when both are signed
             # permutations, else as dense matrices
@@ -297,11 +314,15 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             if self.by_index:
                 moved = moved.index_select(0, self.out_index[g]).index_select(1, self.in_index[g])
                 if self.signed:
-                    moved = (moved * self.out_sign[g].to(weight)[:, None, None, None]
-                             * self.in_sign[g].to(weight)[None, :, None, None])
+                    moved = (
+                        moved
+                        * self.out_sign[g].to(weight)[:, None, None, None]
+                        * self.in_sign[g].to(weight)[None, :, None, None]
+                    )
             else:
-                moved = torch.einsum("op,pikl,ij->ojkl", self.rho_out_inv[g].to(weight), moved,
-                                     self.rho_in[g].to(weight))
+                moved = torch.einsum(
+                    "op,pikl,ij->ojkl", self.rho_out_inv[g].to(weight), moved, self.rho_in[g].to(weight)
+                )
             kernels.append(moved - weight)
         return torch.stack(kernels)
 
@@ -352,4 +373,3 @@ def relaxed_r2conv(
     """
     conv = enn.R2Conv(in_type, out_type, kernel_size, **{"recompute": True, **conv_kwargs})
     return RelaxedR2Conv(conv, generators, init_std, penalty_examples) if relaxed else conv
-

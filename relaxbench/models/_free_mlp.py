@@ -23,12 +23,19 @@ also zero exactly for an equivariant ``W``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from relaxbench.relax.lie import FeatureAction, apply_matrices, lie_derivative_sq, make_finite_action, make_lie_action
+from relaxbench.relax.lie import (
+    FeatureAction,
+    apply_matrices,
+    lie_derivative_sq,
+    make_finite_action,
+    make_lie_action,
+)
 from relaxbench.relax.relaxed import RelaxedLayer
 
 __all__ = ["RelaxedFreeMLP", "free_mlp"]
@@ -45,7 +52,9 @@ def free_mlp(d_in: int, hidden: int, d_out: int, last_scale: float = 0.01) -> nn
 
 def _finite_action(gen_in: Tensor, gen_out: Tensor, angle: float) -> FeatureAction:
     rho_in, rho_out = torch.linalg.matrix_exp(angle * gen_in), torch.linalg.matrix_exp(angle * gen_out)
-    return make_finite_action(lambda x: apply_matrices(rho_in, x, -1), lambda y: apply_matrices(rho_out, y, -1))
+    return make_finite_action(
+        lambda x: apply_matrices(rho_in, x, -1), lambda y: apply_matrices(rho_out, y, -1)
+    )
 
 
 class RelaxedFreeMLP(RelaxedLayer):
@@ -80,8 +89,10 @@ class RelaxedFreeMLP(RelaxedLayer):
     ) -> None:
         d_x = d_y + d_context
         if gen_in.shape[-1] != d_x or gen_out.shape[-1] != d_out:
-            raise ValueError(f"generators act on {gen_in.shape[-1]} and {gen_out.shape[-1]} features; "
-                             f"the layer has input {d_x} (= {d_y} + {d_context}) and output {d_out}")
+            raise ValueError(
+                f"generators act on {gen_in.shape[-1]} and {gen_out.shape[-1]} features; "
+                f"the layer has input {d_x} (= {d_y} + {d_context}) and output {d_out}"
+            )
         if lie_mode == "lie":
             action = make_lie_action(gen_in, gen_out)
         elif lie_mode == "finite":

@@ -15,7 +15,7 @@ with the so(3) generators acting on each vector for the Lie-derivative penalty, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3

@@ -125,8 +125,11 @@ class RelaxedVNLinear(RelaxedLayer):
     def __init__(self, equivariant: VNLinear, init_std: float = 0.0) -> None:
         c_in, c_out = equivariant.c_in, equivariant.c_out
         gens = so3_generators()
-        super().__init__(equivariant, lambda: VNDense(c_in, c_out, init_std),
-                         make_lie_action(gens, gens, dim_in=2, dim_out=2))
+        super().__init__(
+            equivariant,
+            lambda: VNDense(c_in, c_out, init_std),
+            make_lie_action(gens, gens, dim_in=2, dim_out=2),
+        )
         self.register_buffer("gens", gens, persistent=False)
         self._moments: tuple[Tensor, Tensor, int] | None = None
         object.__setattr__(self, "_moment_source", None)
@@ -152,23 +155,31 @@ class RelaxedVNLinear(RelaxedLayer):
     def _fused(self, x: Tensor) -> Tensor:
         b, pts = x.shape[0], x.shape[3:]
         weight = self.equivariant.matrix() + self.theta * self.free.weight
-        y = torch.baddbmm((self.theta * self.free.bias)[None, :, None], weight.expand(b, -1, -1),
-                          x.reshape(b, weight.shape[1], -1))
+        y = torch.baddbmm(
+            (self.theta * self.free.bias)[None, :, None],
+            weight.expand(b, -1, -1),
+            x.reshape(b, weight.shape[1], -1),
+        )
         return y.view(b, self.equivariant.c_out, 3, *pts)
 
     def moments(self) -> tuple[Tensor, Tensor, int]:
         """``(S [3 C_in, 3 C_in], m [3 C_in], n)``: second moment and sum of the last input's point vectors."""
         if self._moments is None:
             source = self._moment_source
-            if source is not None and source._last_input is not None and _same_tensor(
-                source._last_input, self._last_input
+            if (
+                source is not None
+                and source._last_input is not None
+                and _same_tensor(source._last_input, self._last_input)
             ):
                 self._moments = source.moments()
             else:
                 x = self._last_input
                 flat = x.reshape(x.shape[0], 3 * x.shape[1], -1)  # [B, 3C, P]
-                self._moments = (torch.einsum("bip,bjp->ij", flat, flat), flat.sum((0, 2)),
-                                 flat.shape[0] * flat.shape[2])
+                self._moments = (
+                    torch.einsum("bip,bjp->ij", flat, flat),
+                    flat.sum((0, 2)),
+                    flat.shape[0] * flat.shape[2],
+                )
         return self._moments
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
@@ -182,15 +193,22 @@ class RelaxedVNLinear(RelaxedLayer):
             blocks = weight.view(c_out, 3, c_in, 3)
             gens = self.gens.to(weight.dtype)
             # Lie derivatives L_a = W kron(I, L_a) - kron(I, L_a) W, computed blockwise: [3 x 3 C_out, 3 C_in]
-            lie_rows = (torch.einsum("oicj,ajk->aoick", blocks, gens)
-                        - torch.einsum("aij,ojck->aoick", gens, blocks)).reshape(9 * c_out, 3 * c_in)
-        return second_moment_penalty(lie_rows, weight if norm else None, self.free.bias, self.moments(),
-                                     self._last_input.shape[0])
+            lie_rows = (
+                torch.einsum("oicj,ajk->aoick", blocks, gens) - torch.einsum("aij,ojck->aoick", gens, blocks)
+            ).reshape(9 * c_out, 3 * c_in)
+        return second_moment_penalty(
+            lie_rows, weight if norm else None, self.free.bias, self.moments(), self._last_input.shape[0]
+        )
 
 
 def _same_tensor(a: Tensor, b: Tensor | None) -> bool:
-    return (b is not None and a.data_ptr() == b.data_ptr() and a.shape == b.shape
-            and a.stride() == b.stride() and a.dtype == b.dtype)
+    return (
+        b is not None
+        and a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+    )
 
 
 def vn_linear(relaxed: bool, c_in: int, c_out: int, init_std: float = 0.0) -> VNLinear | RelaxedVNLinear:
@@ -236,8 +254,15 @@ class VNLinearLeakyReLU(nn.Module):
     ``U`` reuses ``W``'s input statistics.
     """
 
-    def __init__(self, c_in: int, c_out: int, relaxed: bool = False, share_nonlinearity: bool = False,
-                 negative_slope: float = 0.2, free_init_std: float = 0.0) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        relaxed: bool = False,
+        share_nonlinearity: bool = False,
+        negative_slope: float = 0.2,
+        free_init_std: float = 0.0,
+    ) -> None:
         super().__init__()
         self.negative_slope = negative_slope
         self.map_to_feat = vn_linear(relaxed, c_in, c_out, free_init_std)
@@ -291,13 +316,16 @@ class VNStdFeature(nn.Module):
     under every rotation applied to ``x``, since ``z`` rotates with it).
     """
 
-    def __init__(self, channels: int, relaxed: bool = False, negative_slope: float = 0.2,
-                 free_init_std: float = 0.0) -> None:
+    def __init__(
+        self, channels: int, relaxed: bool = False, negative_slope: float = 0.2, free_init_std: float = 0.0
+    ) -> None:
         super().__init__()
-        self.vn1 = VNLinearLeakyReLU(channels, channels // 2, relaxed, negative_slope=negative_slope,
-                                     free_init_std=free_init_std)
-        self.vn2 = VNLinearLeakyReLU(channels // 2, channels // 4, relaxed, negative_slope=negative_slope,
-                                     free_init_std=free_init_std)
+        self.vn1 = VNLinearLeakyReLU(
+            channels, channels // 2, relaxed, negative_slope=negative_slope, free_init_std=free_init_std
+        )
+        self.vn2 = VNLinearLeakyReLU(
+            channels // 2, channels // 4, relaxed, negative_slope=negative_slope, free_init_std=free_init_std
+        )
         self.vn_lin = vn_linear(relaxed, channels // 4, 3, free_init_std)
 
     def forward(self, x: Tensor) -> Tensor:

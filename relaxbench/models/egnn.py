@@ -79,7 +79,9 @@ class EGNNLayer(nn.Module):
 class EGNN(nn.Module):
     """EGNN for the N-body task: ``{loc, vel, charges} -> positions [B, N, 3]`` (see module docstring)."""
 
-    def __init__(self, n_particles: int, hidden: int, layers: int, relaxed: bool, free_init_std: float) -> None:
+    def __init__(
+        self, n_particles: int, hidden: int, layers: int, relaxed: bool, free_init_std: float
+    ) -> None:
         super().__init__()
         receivers, senders = fully_connected_edges(n_particles)
         self.register_buffer("receivers", receivers, persistent=False)
@@ -90,14 +92,17 @@ class EGNN(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         x, v, q = batch["loc"], batch["vel"], batch["charges"]
         rel = x[:, self.receivers] - x[:, self.senders]
-        edge_attr = torch.cat([q[:, self.receivers] * q[:, self.senders], rel.pow(2).sum(-1, keepdim=True)], -1)
+        edge_attr = torch.cat(
+            [q[:, self.receivers] * q[:, self.senders], rel.pow(2).sum(-1, keepdim=True)], -1
+        )
         h = self.embed(v.norm(dim=-1, keepdim=True))
         for layer in self.layers:
             h, x = layer(h, x, v, edge_attr, self.receivers, self.senders)
         return x
 
 
-def build(spec: dict, relaxed: bool = False, hidden: int = 64, layers: int = 4,
-          free_init_std: float = 1e-4) -> EGNN:
+def build(
+    spec: dict, relaxed: bool = False, hidden: int = 64, layers: int = 4, free_init_std: float = 1e-4
+) -> EGNN:
     """EGNN for an ``nbody`` task spec. The paper scale (4 layers, 64 hidden) is cheap enough for a CPU."""
     return EGNN(spec["n_particles"], hidden, layers, relaxed, free_init_std)

@@ -97,7 +97,9 @@ def _head_matrix(irreps: o3.Irreps, heads: int) -> Tensor:
     owner = []
     for mul, ir in irreps:
         if mul % heads:
-            raise ValueError(f"every multiplicity must be divisible by heads={heads}; {irreps} has {mul}x{ir}")
+            raise ValueError(
+                f"every multiplicity must be divisible by heads={heads}; {irreps} has {mul}x{ir}"
+            )
         owner += [c * heads // mul for c in range(mul) for _ in range(ir.dim)]
     return nn.functional.one_hot(torch.tensor(owner), heads).to(torch.get_default_dtype())
 
@@ -139,8 +141,10 @@ class _Edges:
         rel = torch.where(self_pair[..., None], dummy, rel)
         dist = rel.norm(dim=-1)
         self.sh = o3.spherical_harmonics(irreps_sh, rel, normalize=True, normalization="component")
-        self.radial = soft_one_hot_linspace(dist, 0.0, max_radius, n_radial, basis="smooth_finite",
-                                            cutoff=True) * n_radial**0.5
+        self.radial = (
+            soft_one_hot_linspace(dist, 0.0, max_radius, n_radial, basis="smooth_finite", cutoff=True)
+            * n_radial**0.5
+        )
         self.weight = (soft_unit_step(10.0 * (1.0 - dist / max_radius)) * graph).unsqueeze(-1)
 
 
@@ -169,16 +173,27 @@ def _depthwise_tp(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, keep: o3.Irreps) -
                 if ir_out in keep:
                     instructions.append((i_in, i_sh, len(out), "uvu", True))
                     out.append((mul, ir_out))
-    return o3.TensorProduct(irreps_in, irreps_sh, o3.Irreps(out), instructions, shared_weights=False,
-                            internal_weights=False)
+    return o3.TensorProduct(
+        irreps_in, irreps_sh, o3.Irreps(out), instructions, shared_weights=False, internal_weights=False
+    )
 
 
 class _Block(nn.Module):
     """One transformer block on node features ``[B, N, irreps_hidden.dim] -> same``."""
 
-    def __init__(self, irreps_hidden: o3.Irreps, irreps_sh: o3.Irreps, irreps_key: o3.Irreps, heads: int,
-                 n_radial: int, radial_hidden: int, irreps_context: o3.Irreps, relaxed: bool, free_hidden: int,
-                 lie_mode: str) -> None:
+    def __init__(
+        self,
+        irreps_hidden: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_key: o3.Irreps,
+        heads: int,
+        n_radial: int,
+        radial_hidden: int,
+        irreps_context: o3.Irreps,
+        relaxed: bool,
+        free_hidden: int,
+        lie_mode: str,
+    ) -> None:
         super().__init__()
         h, k = irreps_hidden, irreps_key
         self.norm_attention = EquivariantLayerNorm(h)
@@ -187,16 +202,24 @@ class _Block(nn.Module):
         self.radial = FullyConnectedNet([n_radial, radial_hidden, self.tp.weight_numel], nn.functional.silu)
         self.key = o3.Linear(self.tp.irreps_out, k)
         self.project = o3.Linear(self.tp.irreps_out, h)
-        self.register_buffer("value_heads", _head_matrix(self.tp.irreps_out, heads).t().contiguous(),
-                             persistent=False)
+        self.register_buffer(
+            "value_heads", _head_matrix(self.tp.irreps_out, heads).t().contiguous(), persistent=False
+        )
         self.register_buffer("key_heads", _head_matrix(k, heads), persistent=False)
         self.key_scale = (k.dim / heads) ** -0.5
         self.norm_ff = EquivariantLayerNorm(h)
         self.relaxed = relaxed
         if relaxed:
-            self.ff = RelaxedFreeMLP(_FeedForward(h), h.dim, irreps_context.dim, h.dim,
-                                     irreps_generators(h + irreps_context), irreps_generators(h),
-                                     hidden=free_hidden, lie_mode=lie_mode)
+            self.ff = RelaxedFreeMLP(
+                _FeedForward(h),
+                h.dim,
+                irreps_context.dim,
+                h.dim,
+                irreps_generators(h + irreps_context),
+                irreps_generators(h),
+                hidden=free_hidden,
+                lie_mode=lie_mode,
+            )
         else:
             self.ff = _FeedForward(h)
 
@@ -214,9 +237,24 @@ class _Block(nn.Module):
 class SE3Transformer(nn.Module):
     """See the module docstring. ``forward(batch) -> [B]`` energy, ``[B, C]`` logits or ``[B, N, 3]`` positions."""
 
-    def __init__(self, kind: str, hidden: str, keys: str, l_max: int, layers: int, heads: int, max_radius: float,
-                 n_radial: int, radial_hidden: int, num_types: int, attr_dim: int, num_classes: int,
-                 relaxed: bool, free_hidden: int, lie_mode: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        hidden: str,
+        keys: str,
+        l_max: int,
+        layers: int,
+        heads: int,
+        max_radius: float,
+        n_radial: int,
+        radial_hidden: int,
+        num_types: int,
+        attr_dim: int,
+        num_classes: int,
+        relaxed: bool,
+        free_hidden: int,
+        lie_mode: str,
+    ) -> None:
         super().__init__()
         irreps_hidden = o3.Irreps(hidden)
         self.kind, self.max_radius, self.n_radial = kind, max_radius, n_radial
@@ -228,18 +266,34 @@ class SE3Transformer(nn.Module):
         irreps_context = irreps_attr + o3.Irreps("1x1o")  # node attribute and raw centred position
         self.relaxed = relaxed
         self.blocks = nn.ModuleList(
-            _Block(irreps_hidden, self.irreps_sh, o3.Irreps(keys), heads, n_radial, radial_hidden,
-                   irreps_context, relaxed, free_hidden, lie_mode)
+            _Block(
+                irreps_hidden,
+                self.irreps_sh,
+                o3.Irreps(keys),
+                heads,
+                n_radial,
+                radial_hidden,
+                irreps_context,
+                relaxed,
+                free_hidden,
+                lie_mode,
+            )
             for _ in range(layers)
         )
         self.norm_out = EquivariantLayerNorm(irreps_hidden)
         # Invariant readout features: even scalars for energies (O(3)-invariant), all scalars for classes.
         parities = (1,) if kind == "molecule" else (1, -1)
-        index = [i for (_, ir), sl in zip(irreps_hidden, irreps_hidden.slices()) if ir.l == 0 and ir.p in parities
-                 for i in range(sl.start, sl.stop)]
+        index = [
+            i
+            for (_, ir), sl in zip(irreps_hidden, irreps_hidden.slices())
+            if ir.l == 0 and ir.p in parities
+            for i in range(sl.start, sl.stop)
+        ]
         self.register_buffer("readout_index", torch.tensor(index, dtype=torch.long), persistent=False)
         if kind == "molecule":
-            self.readout = nn.Sequential(nn.Linear(len(index), len(index)), nn.SiLU(), nn.Linear(len(index), 1))
+            self.readout = nn.Sequential(
+                nn.Linear(len(index), len(index)), nn.SiLU(), nn.Linear(len(index), 1)
+            )
         elif kind == "point_classification":
             self.readout = nn.Linear(len(index), num_classes)
         else:
@@ -270,9 +324,21 @@ class SE3Transformer(nn.Module):
         return self.readout(scalars).mean(dim=1)
 
 
-def build(spec: dict, relaxed: bool = False, hidden: str | None = None, keys: str = "8x0e + 4x1o", l_max: int = 2,
-          layers: int | None = None, heads: int = 2, max_radius: float = 5.0, n_radial: int = 8,
-          radial_hidden: int = 16, attr_dim: int = 8, free_hidden: int = 32, lie_mode: str = "lie") -> SE3Transformer:
+def build(
+    spec: dict,
+    relaxed: bool = False,
+    hidden: str | None = None,
+    keys: str = "8x0e + 4x1o",
+    l_max: int = 2,
+    layers: int | None = None,
+    heads: int = 2,
+    max_radius: float = 5.0,
+    n_radial: int = 8,
+    radial_hidden: int = 16,
+    attr_dim: int = 8,
+    free_hidden: int = 32,
+    lie_mode: str = "lie",
+) -> SE3Transformer:
     """An SE(3)-transformer for a task spec (``kind``; ``max_atomic_number`` for typed atoms,
     ``num_classes`` for classification).
 
@@ -297,6 +363,20 @@ def build(spec: dict, relaxed: bool = False, hidden: str | None = None, keys: st
         raise ValueError(f"se3_transformer: unknown task kind {kind!r}; supported: {sorted(DEFAULTS)}")
     default_hidden, default_layers = DEFAULTS[kind]
     num_types = int(spec["max_atomic_number"]) + 1 if "max_atomic_number" in spec else 0
-    return SE3Transformer(kind, hidden or default_hidden, keys, l_max, layers or default_layers, heads, max_radius,
-                          n_radial, radial_hidden, num_types, attr_dim, int(spec.get("num_classes", 0)), relaxed,
-                          free_hidden, lie_mode)
+    return SE3Transformer(
+        kind,
+        hidden or default_hidden,
+        keys,
+        l_max,
+        layers or default_layers,
+        heads,
+        max_radius,
+        n_radial,
+        radial_hidden,
+        num_types,
+        attr_dim,
+        int(spec.get("num_classes", 0)),
+        relaxed,
+        free_hidden,
+        lie_mode,
+    )

@@ -48,8 +48,13 @@ OUTPUT_IRREPS = o3.Irreps("1x1o")
 
 def _tp_weight_count(irreps1: o3.Irreps, irreps2: o3.Irreps, irreps_out: o3.Irreps) -> int:
     """Number of weights of a fully connected tensor product ``irreps1 x irreps2 -> irreps_out``."""
-    return sum(m1 * m2 * m3 for m1, ir1 in irreps1 for m2, ir2 in irreps2 for m3, ir3 in irreps_out
-               if ir3 in ir1 * ir2)
+    return sum(
+        m1 * m2 * m3
+        for m1, ir1 in irreps1
+        for m2, ir2 in irreps2
+        for m3, ir3 in irreps_out
+        if ir3 in ir1 * ir2
+    )
 
 
 def balanced_hidden_irreps(hidden: int, l_max: int) -> o3.Irreps:
@@ -68,8 +73,12 @@ class _TensorProductBias(nn.Module):
     def __init__(self, irreps_in: o3.Irreps, irreps_attr: o3.Irreps, irreps_out: o3.Irreps) -> None:
         super().__init__()
         self.tp = o3.FullyConnectedTensorProduct(irreps_in, irreps_attr, irreps_out)
-        scalar_index = [i for (mul, ir), s in zip(irreps_out, irreps_out.slices()) if ir == o3.Irrep("0e")
-                        for i in range(s.start, s.stop)]
+        scalar_index = [
+            i
+            for (mul, ir), s in zip(irreps_out, irreps_out.slices())
+            if ir == o3.Irrep("0e")
+            for i in range(s.start, s.stop)
+        ]
         self.register_buffer("scalar_index", torch.tensor(scalar_index, dtype=torch.long), persistent=False)
         self.bias = nn.Parameter(torch.zeros(len(scalar_index))) if scalar_index else None
         self.dim_out = irreps_out.dim
@@ -118,15 +127,27 @@ class SteerableLinear(nn.Module):
     tensor product (before the gate) gets a free branch.
     """
 
-    def __init__(self, irreps_in, irreps_attr, irreps_out, gated: bool, relaxed: bool = False,
-                 free_init_std: float = 1e-4) -> None:
+    def __init__(
+        self,
+        irreps_in,
+        irreps_attr,
+        irreps_out,
+        gated: bool,
+        relaxed: bool = False,
+        free_init_std: float = 1e-4,
+    ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.gate = SwishGate(irreps_out) if gated else None
-        self.irreps_out = o3.Irreps(irreps_out) if self.gate is None else self.gate.irreps_out  # scalars first
+        self.irreps_out = (
+            o3.Irreps(irreps_out) if self.gate is None else self.gate.irreps_out
+        )  # scalars first
         pre_gate = self.irreps_out if self.gate is None else self.gate.irreps_in
         self.linear = relaxed_conditioned(
-            relaxed, _TensorProductBias(self.irreps_in, o3.Irreps(irreps_attr), pre_gate), self.irreps_in, pre_gate,
+            relaxed,
+            _TensorProductBias(self.irreps_in, o3.Irreps(irreps_attr), pre_gate),
+            self.irreps_in,
+            pre_gate,
             free_init_std,
         )
 
@@ -138,15 +159,26 @@ class SteerableLinear(nn.Module):
 class SEGNNLayer(nn.Module):
     """Message passing on the fully connected particle graph: ``h [B, N, hidden.dim] -> [B, N, hidden.dim]``."""
 
-    def __init__(self, hidden: o3.Irreps, irreps_attr: o3.Irreps, relaxed: bool, free_init_std: float) -> None:
+    def __init__(
+        self, hidden: o3.Irreps, irreps_attr: o3.Irreps, relaxed: bool, free_init_std: float
+    ) -> None:
         super().__init__()
-        self.message1 = SteerableLinear(hidden + hidden + MESSAGE_EXTRA_IRREPS, irreps_attr, hidden, gated=True)
+        self.message1 = SteerableLinear(
+            hidden + hidden + MESSAGE_EXTRA_IRREPS, irreps_attr, hidden, gated=True
+        )
         self.message2 = SteerableLinear(hidden, irreps_attr, hidden, gated=True)
         self.update1 = SteerableLinear(hidden + hidden, irreps_attr, hidden, True, relaxed, free_init_std)
         self.update2 = SteerableLinear(hidden, irreps_attr, hidden, False, relaxed, free_init_std)
 
-    def forward(self, h: Tensor, edge_attr: Tensor, node_attr: Tensor, extra: Tensor,
-                receivers: Tensor, senders: Tensor) -> Tensor:
+    def forward(
+        self,
+        h: Tensor,
+        edge_attr: Tensor,
+        node_attr: Tensor,
+        extra: Tensor,
+        receivers: Tensor,
+        senders: Tensor,
+    ) -> Tensor:
         b, n, _ = h.shape
         m = self.message1(torch.cat([h[:, receivers], h[:, senders], extra], dim=-1), edge_attr)
         m = self.message2(m, edge_attr)  # [B, E, hidden.dim]
@@ -157,8 +189,9 @@ class SEGNNLayer(nn.Module):
 class SEGNN(nn.Module):
     """SEGNN for the N-body task: ``{loc, vel, charges} -> positions [B, N, 3]`` (see module docstring)."""
 
-    def __init__(self, n_particles: int, hidden: int, layers: int, l_max: int, relaxed: bool,
-                 free_init_std: float) -> None:
+    def __init__(
+        self, n_particles: int, hidden: int, layers: int, l_max: int, relaxed: bool, free_init_std: float
+    ) -> None:
         super().__init__()
         if l_max < 1:
             raise ValueError(f"SEGNN needs l_max >= 1 to carry vectors, got l_max={l_max}")
@@ -179,8 +212,10 @@ class SEGNN(nn.Module):
         b, n, _ = x.shape
         rel = x[:, self.receivers] - x[:, self.senders]  # [B, E, 3]
         edge_attr = o3.spherical_harmonics(self.irreps_attr, rel, normalize=True, normalization="component")
-        node_attr = 0.5 * (edge_attr.view(b, n, n - 1, -1).mean(2) + o3.spherical_harmonics(
-            self.irreps_attr, v, normalize=True, normalization="component"))
+        node_attr = 0.5 * (
+            edge_attr.view(b, n, n - 1, -1).mean(2)
+            + o3.spherical_harmonics(self.irreps_attr, v, normalize=True, normalization="component")
+        )
         extra = torch.cat([rel.norm(dim=-1, keepdim=True), q[:, self.receivers] * q[:, self.senders]], dim=-1)
         features = torch.cat([x - x.mean(dim=1, keepdim=True), v, v.norm(dim=-1, keepdim=True)], dim=-1)
         h = self.embed(features, node_attr)
@@ -189,8 +224,14 @@ class SEGNN(nn.Module):
         return x + self.head2(self.head1(h, node_attr), node_attr)
 
 
-def build(spec: dict, relaxed: bool = False, hidden: int = 16, layers: int = 2, l_max: int = 1,
-          free_init_std: float = 1e-4) -> SEGNN:
+def build(
+    spec: dict,
+    relaxed: bool = False,
+    hidden: int = 16,
+    layers: int = 2,
+    l_max: int = 1,
+    free_init_std: float = 1e-4,
+) -> SEGNN:
     """SEGNN for an ``nbody`` task spec.
 
     CPU-scale defaults (``hidden = 16`` scalar-equivalent, i.e. ``8x0e + 8x1o``; 2 layers); the paper's scale is

@@ -26,7 +26,7 @@ plain torch modules with escnn's ``export()``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -75,11 +75,15 @@ class _IrrepNormPool(enn.EquivariantModule):
     def __init__(self, in_type: enn.FieldType) -> None:
         super().__init__()
         rep = in_type.representations[0]
-        if any(r != rep for r in in_type.representations) or not np.allclose(rep.change_of_basis, np.eye(rep.size)):
+        if any(r != rep for r in in_type.representations) or not np.allclose(
+            rep.change_of_basis, np.eye(rep.size)
+        ):
             raise ValueError("_IrrepNormPool needs identical fields made of irreps in their own basis")
         self.sizes = [in_type.fibergroup.irrep(*irrep).size for irrep in rep.irreps]
         self.in_type = in_type
-        self.out_type = enn.FieldType(in_type.gspace, len(in_type) * len(self.sizes) * [in_type.gspace.trivial_repr])
+        self.out_type = enn.FieldType(
+            in_type.gspace, len(in_type) * len(self.sizes) * [in_type.gspace.trivial_repr]
+        )
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
         fields = x.tensor.unflatten(1, (len(self.in_type), -1))  # [B, c, field size, H, W]
@@ -111,8 +115,10 @@ def pool_plan(size: int, n_blocks: int, pool_after: Sequence[int] | None) -> lis
         raise ValueError(f"pool_after must index blocks 0..{n_blocks - 1}, got {list(pool_after)}")
     for i in pools:  # sorted: each pool halves the (odd) size the previous ones left
         if size % 2 == 0:
-            raise ValueError(f"block {i} would pool a {size}x{size} map with stride 2, which breaks exact "
-                             "rot90 equivariance; use an odd input size or fewer pools")
+            raise ValueError(
+                f"block {i} would pool a {size}x{size} map with stride 2, which breaks exact "
+                "rot90 equivariance; use an odd input size or fewer pools"
+            )
         size = (size + 1) // 2
     return pools
 
@@ -160,8 +166,16 @@ class SteerableCNN(nn.Module):
                 hidden = enn.FieldType(gs, width * [gs.regular_repr])
                 norm, act = enn.InnerBatchNorm(hidden), enn.ReLU(hidden, inplace=True)
             modules += [
-                relaxed_r2conv(relaxed, current, hidden, kernel_size, generators, free_init_std,
-                               penalty_examples, padding=kernel_size // 2),
+                relaxed_r2conv(
+                    relaxed,
+                    current,
+                    hidden,
+                    kernel_size,
+                    generators,
+                    free_init_std,
+                    penalty_examples,
+                    padding=kernel_size // 2,
+                ),
                 norm,
                 act,
             ]
@@ -170,7 +184,9 @@ class SteerableCNN(nn.Module):
             current = hidden
         self.body = enn.SequentialModule(*modules)
         group_pool = _IrrepNormPool(current) if group == "SO2" else _GroupPooling(current)
-        self.invariant = enn.SequentialModule(group_pool, enn.PointwiseAdaptiveAvgPool2D(group_pool.out_type, 1))
+        self.invariant = enn.SequentialModule(
+            group_pool, enn.PointwiseAdaptiveAvgPool2D(group_pool.out_type, 1)
+        )
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(group_pool.out_type.size, head_hidden),
@@ -194,7 +210,9 @@ class SteerableCNN(nn.Module):
         if self.group == "SO2" or any(layer.theta != 0.0 for layer in relaxed_layers(self)):
             return self
         dtype = next(self.parameters()).dtype  # escnn exports float32 modules
-        return _Exported(nn.Sequential(self.body.export(), self.invariant.export(), self.head)).to(dtype).eval()
+        return (
+            _Exported(nn.Sequential(self.body.export(), self.invariant.export(), self.head)).to(dtype).eval()
+        )
 
 
 class _Exported(nn.Module):
@@ -233,8 +251,21 @@ def build(
     penalty curves within 10% of the full-batch ones in training: docs/PERFORMANCE.md);
     ``penalty_examples=None`` uses the whole batch.
     """
-    return SteerableCNN(spec, group, N, tuple(channels), kernel_size, pool_after, head_hidden, max_frequency,
-                        fourier_samples, relaxed, generators, free_init_std, penalty_examples)
+    return SteerableCNN(
+        spec,
+        group,
+        N,
+        tuple(channels),
+        kernel_size,
+        pool_after,
+        head_hidden,
+        max_frequency,
+        fourier_samples,
+        relaxed,
+        generators,
+        free_init_std,
+        penalty_examples,
+    )
 
 
 def build_unconstrained(spec: dict, **params) -> nn.Module:

@@ -35,8 +35,13 @@ class _GatedBlock(nn.Module):
             scalars = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l == 0])
             gated = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l > 0])
             gates = o3.Irreps(f"{gated.num_irreps}x0e")
-            self.gate = Gate(scalars, [torch.relu if ir.p == 1 else torch.tanh for _, ir in scalars],
-                             gates, [torch.sigmoid], gated)
+            self.gate = Gate(
+                scalars,
+                [torch.relu if ir.p == 1 else torch.tanh for _, ir in scalars],
+                gates,
+                [torch.sigmoid],
+                gated,
+            )
             pre = self.gate.irreps_in
         self.tp = o3.FullyConnectedTensorProduct(irreps_in, irreps_sh, pre, shared_weights=False)
         self.radial = FullyConnectedNet([n_radial, 32, self.tp.weight_numel], torch.relu)
@@ -55,8 +60,16 @@ class _GatedBlock(nn.Module):
 
 
 class TFN(nn.Module):
-    def __init__(self, num_classes: int, hidden: str, l_max: int, layers: int, max_radius: float,
-                 n_radial: int, relaxed: bool) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        hidden: str,
+        l_max: int,
+        layers: int,
+        max_radius: float,
+        n_radial: int,
+        relaxed: bool,
+    ) -> None:
         super().__init__()
         self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
         self.max_radius, self.n_radial = max_radius, n_radial
@@ -73,15 +86,26 @@ class TFN(nn.Module):
         rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # r_ij = x_j - x_i, [B, P, P, 3]
         sh = o3.spherical_harmonics(self.irreps_sh, rel, normalize=True, normalization="component")
         dist = rel.norm(dim=-1)
-        radial = soft_one_hot_linspace(dist, 0.0, self.max_radius, self.n_radial, basis="smooth_finite",
-                                       cutoff=True) * self.n_radial**0.5
+        radial = (
+            soft_one_hot_linspace(
+                dist, 0.0, self.max_radius, self.n_radial, basis="smooth_finite", cutoff=True
+            )
+            * self.n_radial**0.5
+        )
         h = pos.new_ones(b, p, 1)
         for block in self.blocks:
             h = block(h, sh, radial, p)
         return h.mean(1)
 
 
-def build(spec: dict, relaxed: bool = False, hidden: str = "8x0e + 8x0o + 4x1e + 4x1o", l_max: int = 2,
-          layers: int = 3, max_radius: float = 4.0, n_radial: int = 8) -> TFN:
+def build(
+    spec: dict,
+    relaxed: bool = False,
+    hidden: str = "8x0e + 8x0o + 4x1e + 4x1o",
+    l_max: int = 2,
+    layers: int = 3,
+    max_radius: float = 4.0,
+    n_radial: int = 8,
+) -> TFN:
     """A TFN classifier for a point-classification task spec (``num_classes``)."""
     return TFN(spec["num_classes"], hidden, l_max, layers, max_radius, n_radial, relaxed)

@@ -21,7 +21,7 @@ a shape and its mirror image get the same logits (the synthetic helix pair is in
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -35,8 +35,17 @@ FAMILY = "vector_neurons"
 
 
 class VNDGCNN(nn.Module):
-    def __init__(self, num_classes: int, channels: Sequence[int], k: int, pooling: str, head: Sequence[int],
-                 dropout: float, relaxed: bool, free_init_std: float) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        channels: Sequence[int],
+        k: int,
+        pooling: str,
+        head: Sequence[int],
+        dropout: float,
+        relaxed: bool,
+        free_init_std: float,
+    ) -> None:
         super().__init__()
         *edge, cg = channels
         self.k = k
@@ -46,7 +55,9 @@ class VNDGCNN(nn.Module):
             for c_in, c_out in zip(widths_in, edge)
         )
         self.pools = nn.ModuleList(vn_pool(pooling, c, relaxed, free_init_std) for c in edge)
-        self.conv5 = VNLinearLeakyReLU(sum(edge), cg, relaxed, share_nonlinearity=True, free_init_std=free_init_std)
+        self.conv5 = VNLinearLeakyReLU(
+            sum(edge), cg, relaxed, share_nonlinearity=True, free_init_std=free_init_std
+        )
         self.std_feature = VNStdFeature(2 * cg, relaxed, free_init_std=free_init_std)
         self.head = invariant_head(12 * cg, head, num_classes, dropout, nn.LeakyReLU(0.2), dropout_each=True)
 
@@ -62,13 +73,22 @@ class VNDGCNN(nn.Module):
         return self.head(torch.cat([invariant.max(-1).values, invariant.mean(-1)], dim=1))
 
 
-def build(spec: dict, relaxed: bool = False, channels: Sequence[int] = (8, 8, 16, 32, 64), k: int = 20,
-          pooling: str = "mean", head: Sequence[int] = (64, 32), dropout: float = 0.5,
-          free_init_std: float = 0.0) -> VNDGCNN:
+def build(
+    spec: dict,
+    relaxed: bool = False,
+    channels: Sequence[int] = (8, 8, 16, 32, 64),
+    k: int = 20,
+    pooling: str = "mean",
+    head: Sequence[int] = (64, 32),
+    dropout: float = 0.5,
+    free_init_std: float = 0.0,
+) -> VNDGCNN:
     """A VN-DGCNN classifier for a point-classification spec (``num_classes``).
 
     Paper scale: ``channels=(21, 21, 42, 85, 341), head=(512, 256)``.
     """
     if len(channels) != 5:
         raise ValueError(f"channels must be (e1, e2, e3, e4, c_global), got {channels!r}")
-    return VNDGCNN(spec["num_classes"], tuple(channels), k, pooling, tuple(head), dropout, relaxed, free_init_std)
+    return VNDGCNN(
+        spec["num_classes"], tuple(channels), k, pooling, tuple(head), dropout, relaxed, free_init_std
+    )

@@ -23,20 +23,33 @@ direction maps, pooling and frame maps).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from relaxbench.models._vn_layers import VNBatchNorm, VNLinearLeakyReLU, VNStdFeature, graph_feature, vn_linear, vn_pool
+from relaxbench.models._vn_layers import (
+    VNBatchNorm,
+    VNLinearLeakyReLU,
+    VNStdFeature,
+    graph_feature,
+    vn_linear,
+    vn_pool,
+)
 
 __all__ = ["FAMILY", "VNPointNet", "build", "invariant_head"]
 
 FAMILY = "vector_neurons"
 
 
-def invariant_head(d_in: int, head: Sequence[int], num_classes: int, dropout: float, activation: nn.Module,
-                   dropout_each: bool = False) -> nn.Sequential:
+def invariant_head(
+    d_in: int,
+    head: Sequence[int],
+    num_classes: int,
+    dropout: float,
+    activation: nn.Module,
+    dropout_each: bool = False,
+) -> nn.Sequential:
     """MLP on invariant features ``[B, d_in] -> [B, num_classes]``: ``Linear, BatchNorm, activation`` per
     hidden width. Dropout as in the published classifiers: VN-PointNet drops out once, before the last
     hidden batch norm; VN-DGCNN (``dropout_each``) after every hidden block."""
@@ -58,8 +71,13 @@ class _VNTransform(nn.Module):
     def __init__(self, d: int, channels: Sequence[int], pooling: str, relaxed: bool, free_init_std: float):
         super().__init__()
         c1, c2, cg = channels
-        block = lambda i, o: VNLinearLeakyReLU(i, o, relaxed, negative_slope=0.0,  # noqa: E731
-                                               free_init_std=free_init_std)
+        block = lambda i, o: VNLinearLeakyReLU(
+            i,
+            o,
+            relaxed,
+            negative_slope=0.0,  # noqa: E731
+            free_init_std=free_init_std,
+        )
         self.convs = nn.Sequential(block(d, c1), block(c1, c2), block(c2, cg))
         self.pool = vn_pool(pooling, cg, relaxed, free_init_std)
         self.fcs = nn.Sequential(block(cg, cg // 2), block(cg // 2, cg // 4))
@@ -70,17 +88,34 @@ class _VNTransform(nn.Module):
 
 
 class VNPointNet(nn.Module):
-    def __init__(self, num_classes: int, channels: Sequence[int], k: int, pooling: str, feature_transform: bool,
-                 head: Sequence[int], dropout: float, relaxed: bool, free_init_std: float) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        channels: Sequence[int],
+        k: int,
+        pooling: str,
+        feature_transform: bool,
+        head: Sequence[int],
+        dropout: float,
+        relaxed: bool,
+        free_init_std: float,
+    ) -> None:
         super().__init__()
         c1, c2, cg = channels
         self.k = k
-        block = lambda i, o: VNLinearLeakyReLU(i, o, relaxed, negative_slope=0.0,  # noqa: E731
-                                               free_init_std=free_init_std)
+        block = lambda i, o: VNLinearLeakyReLU(
+            i,
+            o,
+            relaxed,
+            negative_slope=0.0,  # noqa: E731
+            free_init_std=free_init_std,
+        )
         self.conv_pos = block(3, c1)
         self.pool = vn_pool(pooling, c1, relaxed, free_init_std)
         self.conv1 = block(c1, c1)
-        self.transform = _VNTransform(c1, channels, pooling, relaxed, free_init_std) if feature_transform else None
+        self.transform = (
+            _VNTransform(c1, channels, pooling, relaxed, free_init_std) if feature_transform else None
+        )
         self.conv2 = block(2 * c1 if feature_transform else c1, c2)
         self.conv3 = vn_linear(relaxed, c2, cg, free_init_std)
         self.bn3 = VNBatchNorm(cg)
@@ -100,14 +135,31 @@ class VNPointNet(nn.Module):
         return self.head(invariant.max(-1).values)
 
 
-def build(spec: dict, relaxed: bool = False, channels: Sequence[int] = (8, 16, 64), k: int = 20,
-          pooling: str = "mean", feature_transform: bool = True, head: Sequence[int] = (64, 32),
-          dropout: float = 0.4, free_init_std: float = 0.0) -> VNPointNet:
+def build(
+    spec: dict,
+    relaxed: bool = False,
+    channels: Sequence[int] = (8, 16, 64),
+    k: int = 20,
+    pooling: str = "mean",
+    feature_transform: bool = True,
+    head: Sequence[int] = (64, 32),
+    dropout: float = 0.4,
+    free_init_std: float = 0.0,
+) -> VNPointNet:
     """A VN-PointNet classifier for a point-classification spec (``num_classes``).
 
     Paper scale: ``channels=(21, 42, 341), head=(512, 256)``.
     """
     if len(channels) != 3:
         raise ValueError(f"channels must be (c1, c2, c_global), got {channels!r}")
-    return VNPointNet(spec["num_classes"], tuple(channels), k, pooling, feature_transform, tuple(head), dropout,
-                      relaxed, free_init_std)
+    return VNPointNet(
+        spec["num_classes"],
+        tuple(channels),
+        k,
+        pooling,
+        feature_transform,
+        tuple(head),
+        dropout,
+        relaxed,
+        free_init_std,
+    )

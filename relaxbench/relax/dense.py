@@ -20,7 +20,7 @@ vector). Two things make it cheaper than the generic :class:`~relaxbench.relax.r
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -165,5 +165,6 @@ class DenseRelaxedLinear(RelaxedLayer):
             w_a = torch.sparse.mm(gin_t, weight.t()).view(g, d_in, d_out).transpose(1, 2)  # W A
             b_w = torch.sparse.mm(gout, weight).view(g, d_out, d_in)  # B W
             lie_rows = (w_a - b_w).reshape(g * d_out, d_in)
-        return second_moment_penalty(lie_rows, weight if norm else None, self.free.bias, self.moments(),
-                                     self._last_input.shape[0])
+        return second_moment_penalty(
+            lie_rows, weight if norm else None, self.free.bias, self.moments(), self._last_input.shape[0]
+        )

@@ -18,8 +18,9 @@ axis separate from the feature axes makes that mistake impossible here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor

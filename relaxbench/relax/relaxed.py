@@ -14,7 +14,7 @@ equivariant weights: ``equivariant`` and ``relaxed`` runs of a seed start from t
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn

@@ -9,8 +9,8 @@ The paper's schedule is the triangle: ``theta_e = 2e/E`` rising to 1 at ``e = E/
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 __all__ = ["SCHEDULES", "Schedule", "make_schedule"]
 

@@ -10,9 +10,9 @@ methods, the same in every figure.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -26,8 +26,14 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 
 from relaxbench.methods import METHODS
 
-__all__ = ["EQUIV_FLOOR", "equivariance_figure", "learning_curves", "method_colors", "penalty_curves",
-           "spread_figure"]
+__all__ = [
+    "EQUIV_FLOOR",
+    "equivariance_figure",
+    "learning_curves",
+    "method_colors",
+    "penalty_curves",
+    "spread_figure",
+]
 
 #: Equivariance errors below this (including exact zeros) are drawn on this line of the log axis.
 EQUIV_FLOOR = 1e-17
@@ -35,8 +41,14 @@ WHEN_COLORS = {"at init": "0.6", "at end": "#c0392b"}
 DPI = 80
 PANEL = (3.8, 2.9)  # inches per panel
 MIN_WIDTH = 6.0  # inches: a one-column figure still fits its legend
-RC = {"axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
-      "legend.fontsize": 10, "font.family": "DejaVu Sans"}
+RC = {
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "font.family": "DejaVu Sans",
+}
 
 
 def _text(value: object) -> str:
@@ -61,8 +73,11 @@ def method_colors(methods: Sequence[str]) -> dict[str, tuple]:
 
 def _figure(nrows: int, ncols: int, legend: bool = True) -> tuple[Figure, np.ndarray]:
     """A figure of ``nrows x ncols`` panels, with room for a legend row below them."""
-    fig = Figure(figsize=(max(PANEL[0] * ncols, MIN_WIDTH), PANEL[1] * nrows + (0.5 if legend else 0.0)),
-                 dpi=DPI, layout="constrained")
+    fig = Figure(
+        figsize=(max(PANEL[0] * ncols, MIN_WIDTH), PANEL[1] * nrows + (0.5 if legend else 0.0)),
+        dpi=DPI,
+        layout="constrained",
+    )
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
@@ -102,8 +117,10 @@ def learning_curves(board: pd.DataFrame, histories: Mapping[str, pd.DataFrame], 
     if runs.empty:
         return None
     metric, unit = runs["metric"].iloc[0], runs["metric_unit"].iloc[0]
-    rows = [("task_loss", "training task loss (log)", True),
-            (f"val_{metric}", _text(f"validation {metric} [{unit}]"), False)]
+    rows = [
+        ("task_loss", "training task loss (log)", True),
+        (f"val_{metric}", _text(f"validation {metric} [{unit}]"), False),
+    ]
     return _curve_grid(runs, histories, rows, path, theta=True)
 
 
@@ -113,16 +130,24 @@ def penalty_curves(board: pd.DataFrame, histories: Mapping[str, pd.DataFrame], p
     Only runs that recorded a positive term are drawn; ``None`` when no run of the task did.
     """
     rows = [("lie", "Lie term Σ√(ld + ε)", True), ("norm", "norm term Σ√(‖Wx‖² + ε)", True)]
-    active = [d for d in board["run_dir"] if d in histories
-              and any(t in histories[d] and (histories[d][t] > 0).any() for t, _, _ in rows)]
+    active = [
+        d
+        for d in board["run_dir"]
+        if d in histories and any(t in histories[d] and (histories[d][t] > 0).any() for t, _, _ in rows)
+    ]
     runs = board[board["run_dir"].isin(active)]
     if runs.empty:
         return None
     return _curve_grid(runs, histories, rows, path, theta=False)
 
 
-def _curve_grid(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], rows: Sequence[tuple[str, str, bool]],
-                path: Path, theta: bool) -> Path:
+def _curve_grid(
+    runs: pd.DataFrame,
+    histories: Mapping[str, pd.DataFrame],
+    rows: Sequence[tuple[str, str, bool]],
+    path: Path,
+    theta: bool,
+) -> Path:
     """Per-epoch curves: one row per ``(history column, label, log axis)``, one column per model."""
     models = sorted(runs["model"].unique())
     colors = method_colors(runs["method"].unique())
@@ -141,15 +166,23 @@ def _curve_grid(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], rows:
                 ax.set_ylabel(label if j == 0 else "")
                 if theta:
                     _theta_axis(ax, sub, histories, colors, label_it=j == len(models) - 1)
-        extra = [Line2D([], [], color="0.3", marker="x", ls="", mew=2, label="run stopped (diverged / failed)")]
+        extra = [
+            Line2D([], [], color="0.3", marker="x", ls="", mew=2, label="run stopped (diverged / failed)")
+        ]
         if theta:
             extra.insert(0, Line2D([], [], color="0.3", ls="--", label="θ (right axis)"))
         _method_legend(fig, colors, sorted(runs["method"].unique(), key=list(colors).index), extra)
         return _save(fig, path)
 
 
-def _curves(ax: Axes, runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], column: str,
-            colors: Mapping[str, tuple], positive_only: bool) -> None:
+def _curves(
+    ax: Axes,
+    runs: pd.DataFrame,
+    histories: Mapping[str, pd.DataFrame],
+    column: str,
+    colors: Mapping[str, tuple],
+    positive_only: bool,
+) -> None:
     for method, group in runs.groupby("method"):
         ok_curves = []
         for row in group.itertuples():
@@ -170,8 +203,13 @@ def _curves(ax: Axes, runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame],
             ax.plot(mean.index, mean.to_numpy(), color=colors[method], lw=2)
 
 
-def _theta_axis(ax: Axes, runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], colors: Mapping[str, tuple],
-                label_it: bool) -> None:
+def _theta_axis(
+    ax: Axes,
+    runs: pd.DataFrame,
+    histories: Mapping[str, pd.DataFrame],
+    colors: Mapping[str, tuple],
+    label_it: bool,
+) -> None:
     twin = ax.twinx()
     twin.grid(False)
     peak = 1.0
@@ -206,12 +244,36 @@ def spread_figure(board: pd.DataFrame, aggregates: pd.DataFrame, path: Path) -> 
                 ax = axes[i, j]
                 data = ok[(ok["model"] == model)].dropna(subset=[q])
                 if not data.empty:
-                    sns.stripplot(data=data, x="method", y=q, hue="method", order=methods, palette=colors, ax=ax,
-                                  size=6, jitter=0.15, legend=False, edgecolor="white", linewidth=0.6)
-                stats = entries.loc[methods, [f"{q}_mean", f"{q}_ci_low", f"{q}_ci_high"]].to_numpy(dtype=float)
+                    sns.stripplot(
+                        data=data,
+                        x="method",
+                        y=q,
+                        hue="method",
+                        order=methods,
+                        palette=colors,
+                        ax=ax,
+                        size=6,
+                        jitter=0.15,
+                        legend=False,
+                        edgecolor="white",
+                        linewidth=0.6,
+                    )
+                stats = entries.loc[methods, [f"{q}_mean", f"{q}_ci_low", f"{q}_ci_high"]].to_numpy(
+                    dtype=float
+                )
                 mean, low, high = stats.T
-                ax.errorbar(range(len(methods)), mean, yerr=[mean - low, high - mean],
-                            fmt="_", color="black", ms=18, mew=2, capsize=4, lw=1.2, zorder=5)
+                ax.errorbar(
+                    range(len(methods)),
+                    mean,
+                    yerr=[mean - low, high - mean],
+                    fmt="_",
+                    color="black",
+                    ms=18,
+                    mew=2,
+                    capsize=4,
+                    lw=1.2,
+                    zorder=5,
+                )
                 ax.set_xticks(range(len(methods)), labels if i == len(rows) - 1 else [""] * len(methods))
                 ax.set_xlabel("")
                 ax.set_ylabel(label if j == 0 else "")
@@ -227,15 +289,19 @@ def equivariance_figure(board: pd.DataFrame, path: Path) -> Path | None:
     included) sit on the dotted floor line.
     """
     ok = board[board["status"] == "ok"]
-    kinds = [k for k in ("exact", "approx")
-             if ok[[f"equiv_init_{k}", f"equiv_final_{k}"]].notna().to_numpy().any()]
+    kinds = [
+        k for k in ("exact", "approx") if ok[[f"equiv_init_{k}", f"equiv_final_{k}"]].notna().to_numpy().any()
+    ]
     if ok.empty or not kinds:
         return None
     models = sorted(ok["model"].unique())
     colors = method_colors(board["method"].unique())
-    long = ok.melt(id_vars=["model", "method", "seed"],
-                   value_vars=[f"equiv_{when}_{k}" for when in ("init", "final") for k in kinds],
-                   var_name="which", value_name="error").dropna(subset=["error"])
+    long = ok.melt(
+        id_vars=["model", "method", "seed"],
+        value_vars=[f"equiv_{when}_{k}" for when in ("init", "final") for k in kinds],
+        var_name="which",
+        value_name="error",
+    ).dropna(subset=["error"])
     long["when"] = long["which"].str.split("_").str[1].map({"init": "at init", "final": "at end"})
     long["kind"] = long["which"].str.split("_").str[2]
     long["error"] = long["error"].clip(lower=EQUIV_FLOOR)
@@ -246,13 +312,31 @@ def equivariance_figure(board: pd.DataFrame, path: Path) -> Path | None:
             for j, kind in enumerate(kinds):
                 ax = axes[i, j]
                 data = long[(long["model"] == model) & (long["kind"] == kind)]
-                sns.stripplot(data=data, x="method", y="error", hue="when", order=methods,
-                              hue_order=list(WHEN_COLORS), palette=WHEN_COLORS,
-                              dodge=True, jitter=0.1, size=6, ax=ax, legend=False, log_scale=True)
+                sns.stripplot(
+                    data=data,
+                    x="method",
+                    y="error",
+                    hue="when",
+                    order=methods,
+                    hue_order=list(WHEN_COLORS),
+                    palette=WHEN_COLORS,
+                    dodge=True,
+                    jitter=0.1,
+                    size=6,
+                    ax=ax,
+                    legend=False,
+                    log_scale=True,
+                )
                 ax.axhline(EQUIV_FLOOR, color="0.4", ls=":", lw=1)
-                ax.annotate(f"≤ {EQUIV_FLOOR:g} (incl. 0)", xy=(0.99, EQUIV_FLOOR),
-                            xycoords=("axes fraction", "data"),
-                            ha="right", va="bottom", fontsize=7, color="0.4")
+                ax.annotate(
+                    f"≤ {EQUIV_FLOOR:g} (incl. 0)",
+                    xy=(0.99, EQUIV_FLOOR),
+                    xycoords=("axes fraction", "data"),
+                    ha="right",
+                    va="bottom",
+                    fontsize=7,
+                    color="0.4",
+                )
                 ax.set_ylim(EQUIV_FLOOR / 5, max(1.0, float(data["error"].max()) * 3) if len(data) else 1.0)
                 ax.yaxis.set_minor_locator(NullLocator())
                 ax.set_title(f"{_text(model)}: {'exact' if kind == 'exact' else 'approximate'} symmetries")

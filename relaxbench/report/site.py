@@ -17,10 +17,11 @@ import re
 import shutil
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -81,13 +82,21 @@ def sort_key(value: Any) -> str:
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("relaxbench.report", "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=PackageLoader("relaxbench.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(num=fmt_num, pval=fmt_p, sortkey=sort_key)
     env.globals.update(
         css=Markup((STATIC / "report.css").read_text()),
         js=Markup((STATIC / "report.js").read_text()),
-        alpha=ALPHA, confidence=CONFIDENCE, baseline=BASELINE, wilcoxon_min=WILCOXON_MIN_PAIRS,
+        alpha=ALPHA,
+        confidence=CONFIDENCE,
+        baseline=BASELINE,
+        wilcoxon_min=WILCOXON_MIN_PAIRS,
     )
     return env
 
@@ -128,11 +137,23 @@ def _png_size(path: Path) -> tuple[int, int]:
 def _provenance(board: pd.DataFrame) -> dict[str, Any]:
     ran = board[board["status"] != "missing"]
     version_cols = [c for c in board if c.startswith("version_")]
-    combos = ran.fillna({c: "?" for c in version_cols}).groupby(version_cols, dropna=False).size() \
-        if version_cols else pd.Series(dtype=int)
-    versions = [{"versions": dict(zip([c.removeprefix("version_") for c in version_cols],
-                                      key if isinstance(key, tuple) else (key,))), "runs": int(n)}
-                for key, n in combos.items()]
+    combos = (
+        ran.fillna({c: "?" for c in version_cols}).groupby(version_cols, dropna=False).size()
+        if version_cols
+        else pd.Series(dtype=int)
+    )
+    versions = [
+        {
+            "versions": dict(
+                zip(
+                    [c.removeprefix("version_") for c in version_cols],
+                    key if isinstance(key, tuple) else (key,),
+                )
+            ),
+            "runs": int(n),
+        }
+        for key, n in combos.items()
+    ]
     started = ran["started_at"].dropna().astype(str)
     return {
         "versions": versions,
@@ -152,44 +173,78 @@ def _methods_used(records: Mapping[str, RunRecord]) -> list[dict[str, Any]]:
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for record in records.values():
         params = record.run_config.get("method_params", {})
-        entry = seen.setdefault((record.method, json.dumps(params, sort_keys=True, default=str)),
-                                {"name": record.method, "params": params, "models": set()})
+        entry = seen.setdefault(
+            (record.method, json.dumps(params, sort_keys=True, default=str)),
+            {"name": record.method, "params": params, "models": set()},
+        )
         entry["models"].add(record.model)
     return [{**e, "models": sorted(e["models"])} for _, e in sorted(seen.items())]
 
 
-def _task_sections(board: pd.DataFrame, agg: pd.DataFrame, histories: Mapping[str, pd.DataFrame],
-                   pages: Mapping[str, str], stage: Path) -> list[dict[str, Any]]:
+def _task_sections(
+    board: pd.DataFrame,
+    agg: pd.DataFrame,
+    histories: Mapping[str, pd.DataFrame],
+    pages: Mapping[str, str],
+    stage: Path,
+) -> list[dict[str, Any]]:
     sections = []
     for task, runs in board.groupby("task", sort=True):
         entries = agg[agg["task"] == task].sort_values(["rank", "model", "method"], na_position="last")
         meta = _nan_to_none(entries.iloc[0])  # NaN: no run has a record
         name = slug(task)
         made = [
-            (figures.learning_curves(runs, histories, stage / f"figures/{name}-learning.png"),
-             "Learning curves", "Training task loss (log axis) and validation metric per epoch; thin lines are "
-             "single runs (a cross marks where a run diverged or failed), thick lines the mean over ok runs; "
-             "dashed lines are theta (right axis)."),
-            (figures.penalty_curves(runs, histories, stage / f"figures/{name}-penalties.png"),
-             "Relaxation penalties", "The regulariser's two terms per epoch, before weighting by lambda (log "
-             "axis): the Lie-derivative term and the free branch's activation-norm term, summed over relaxed "
-             "layers."),
-            (figures.spread_figure(runs, entries, stage / f"figures/{name}-spread.png"),
-             "Test metric and generalization gap", f"One dot per ok seed; black: mean and {CONFIDENCE:.0%} "
-             "t confidence interval. Generalization gap = test loss − train loss of the evaluated model."),
-            (figures.equivariance_figure(runs, stage / f"figures/{name}-equivariance.png"),
-             "Equivariance error", "Relative equivariance error mean_x max_g ||f(gx) − g f(x)|| / ||f(x)|| of "
-             "the evaluated model at initialisation and at the end (log axis), exact and approximate symmetries "
-             f"apart; values below {figures.EQUIV_FLOOR:g} (exact zeros included) sit on the dotted line."),
+            (
+                figures.learning_curves(runs, histories, stage / f"figures/{name}-learning.png"),
+                "Learning curves",
+                "Training task loss (log axis) and validation metric per epoch; thin lines are "
+                "single runs (a cross marks where a run diverged or failed), thick lines the mean over ok runs; "
+                "dashed lines are theta (right axis).",
+            ),
+            (
+                figures.penalty_curves(runs, histories, stage / f"figures/{name}-penalties.png"),
+                "Relaxation penalties",
+                "The regulariser's two terms per epoch, before weighting by lambda (log "
+                "axis): the Lie-derivative term and the free branch's activation-norm term, summed over relaxed "
+                "layers.",
+            ),
+            (
+                figures.spread_figure(runs, entries, stage / f"figures/{name}-spread.png"),
+                "Test metric and generalization gap",
+                f"One dot per ok seed; black: mean and {CONFIDENCE:.0%} "
+                "t confidence interval. Generalization gap = test loss − train loss of the evaluated model.",
+            ),
+            (
+                figures.equivariance_figure(runs, stage / f"figures/{name}-equivariance.png"),
+                "Equivariance error",
+                "Relative equivariance error mean_x max_g ||f(gx) − g f(x)|| / ||f(x)|| of "
+                "the evaluated model at initialisation and at the end (log axis), exact and approximate symmetries "
+                f"apart; values below {figures.EQUIV_FLOOR:g} (exact zeros included) sit on the dotted line.",
+            ),
         ]
-        sections.append({
-            "task": task, "anchor": f"task-{name}", "metric": meta["metric"] or "metric",
-            "unit": meta["metric_unit"] or "?", "lower_is_better": meta["lower_is_better"] in (None, True),
-            "entries": [_nan_to_none(e) for e in entries.to_dict("records")],
-            "runs": [{**_nan_to_none(r), "page": pages.get(r["run_dir"])} for r in runs.to_dict("records")],
-            "figures": [{"src": p.relative_to(stage).as_posix(), "title": t, "caption": c,
-                         **dict(zip(("width", "height"), _png_size(p)))} for p, t, c in made if p is not None],
-        })
+        sections.append(
+            {
+                "task": task,
+                "anchor": f"task-{name}",
+                "metric": meta["metric"] or "metric",
+                "unit": meta["metric_unit"] or "?",
+                "lower_is_better": meta["lower_is_better"] in (None, True),
+                "entries": [_nan_to_none(e) for e in entries.to_dict("records")],
+                "runs": [
+                    {**_nan_to_none(r), "page": pages.get(r["run_dir"])} for r in runs.to_dict("records")
+                ],
+                "figures": [
+                    {
+                        "src": p.relative_to(stage).as_posix(),
+                        "title": t,
+                        "caption": c,
+                        **dict(zip(("width", "height"), _png_size(p))),
+                    }
+                    for p, t, c in made
+                    if p is not None
+                ],
+            }
+        )
     return sections
 
 
@@ -204,7 +259,9 @@ def _publish(stage: Path, out_dir: Path) -> None:
     os.replace(stage / "index.html", out_dir / "index.html")
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path, config: Mapping[str, Any] | None = None) -> Path:
+def build_report(
+    results_dir: str | Path, out_dir: str | Path, config: Mapping[str, Any] | None = None
+) -> Path:
     """Render the site of ``results_dir`` (``results/<name>``) into ``out_dir`` (``reports/<name>``).
 
     Args:
@@ -217,8 +274,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path, config: Mapping[s
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     board, agg = read_tables(results_dir)
-    records = {r: read_record(results_dir / r / "record.json")
-               for r in board.loc[board["status"] != "missing", "run_dir"]}
+    records = {
+        r: read_record(results_dir / r / "record.json")
+        for r in board.loc[board["status"] != "missing", "run_dir"]
+    }
     histories = {r: _read_history(results_dir / r / "history.csv") for r in records}
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
@@ -233,17 +292,27 @@ def build_report(results_dir: str | Path, out_dir: str | Path, config: Mapping[s
             page = f"runs/{slug(row['task'], row['model'], row['method'], 'seed' + str(row['seed']))}.html"
             pages[row["run_dir"]] = page
             context = _run_context(_nan_to_none(row), records[row["run_dir"]], histories[row["run_dir"]])
-            (stage / page).write_text(env.get_template("run.html").render(
-                **context, root="../", generated=generated, title=f"{row['task']} / {row['model']} / "
-                f"{row['method']} / seed {row['seed']}"), encoding="utf-8")
+            (stage / page).write_text(
+                env.get_template("run.html").render(
+                    **context,
+                    root="../",
+                    generated=generated,
+                    title=f"{row['task']} / {row['model']} / {row['method']} / seed {row['seed']}",
+                ),
+                encoding="utf-8",
+            )
         counts = board["status"].value_counts().to_dict()
         index = env.get_template("index.html").render(
-            root="", generated=generated, config=config or {}, title=f"relaxbench report: "
-            f"{(config or {}).get('name', results_dir.name)}",
+            root="",
+            generated=generated,
+            config=config or {},
+            title=f"relaxbench report: {(config or {}).get('name', results_dir.name)}",
             config_json=json.dumps(config, indent=2, sort_keys=True, default=str) if config else None,
-            counts=counts, n_runs=len(board),
+            counts=counts,
+            n_runs=len(board),
             sections=_task_sections(board, agg, histories, pages, stage),
-            provenance=_provenance(board), methods=_methods_used(records),
+            provenance=_provenance(board),
+            methods=_methods_used(records),
         )
         (stage / "index.html").write_text(index, encoding="utf-8")
         _publish(stage, out_dir)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import abc
 import gzip
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,10 +90,12 @@ def rotate_copies(
     source = source.repeat_interleave(copies, dim=0)
     angles = torch.rand(source.shape[0], generator=generator, dtype=torch.float64) * (2 * math.pi)
     chunk = 8192  # bounds the float64 working memory for the 60k-image datasets
-    rotated = torch.cat([
-        rotate(source[i : i + chunk].double(), angles[i : i + chunk]).float().clamp_(0.0, 1.0)
-        for i in range(0, max(len(source), 1), chunk)
-    ])
+    rotated = torch.cat(
+        [
+            rotate(source[i : i + chunk].double(), angles[i : i + chunk]).float().clamp_(0.0, 1.0)
+            for i in range(0, max(len(source), 1), chunk)
+        ]
+    )
     return rotated.numpy(), np.repeat(labels.astype(np.int64), copies)
 
 
@@ -110,7 +113,9 @@ def stratified_take(
         return indices, indices[:0]
     n_classes = len(np.unique(labels[indices]))
     if not n_classes <= n <= len(indices) - n_classes:
-        raise TaskError(f"cannot take {n} stratified examples from a pool of {len(indices)} with {n_classes} classes")
+        raise TaskError(
+            f"cannot take {n} stratified examples from a pool of {len(indices)} with {n_classes} classes"
+        )
     taken, rest = train_test_split(indices, train_size=n, stratify=labels[indices], random_state=seed)
     return np.sort(taken), np.sort(rest)
 
@@ -154,7 +159,9 @@ def idx_rotated_arrays(
         images = read_idx(directory, f"{part}-images-idx3-ubyte", cache)
         labels = read_idx(directory, f"{part}-labels-idx1-ubyte", cache).astype(np.int64)
         if images.ndim != 3 or len(images) != len(labels):
-            raise TaskError(f"{part} IDX files in {str(directory)!r} disagree: images {images.shape}, labels {labels.shape}")
+            raise TaskError(
+                f"{part} IDX files in {str(directory)!r} disagree: images {images.shape}, labels {labels.shape}"
+            )
         pools[part] = (paste_centred(images.astype(np.float32) / 255.0, params["canvas"]), labels)
     seed = int(params["seed"])
     train_labels, test_labels = pools["train"][1], pools["t10k"][1]
@@ -163,8 +170,11 @@ def idx_rotated_arrays(
     test, _ = stratified_take(np.arange(len(test_labels)), test_labels, params["n_test"], seed)
     generator = torch.Generator().manual_seed(seed)
     out = {}
-    for split, (images, labels), idx in (("train", pools["train"], train), ("val", pools["train"], val),
-                                         ("test", pools["t10k"], test)):
+    for split, (images, labels), idx in (
+        ("train", pools["train"], train),
+        ("val", pools["train"], val),
+        ("test", pools["t10k"], test),
+    ):
         out[split] = rotate_copies(images[idx], labels[idx], params[f"{split}_rotations"], generator)
     return out
 
@@ -194,7 +204,9 @@ class RotatedImageTask(ClassificationTask):
         super().__init__(params, data_dir)
         canvas = self.params["canvas"]
         if not isinstance(canvas, int) or canvas < 3 or canvas % 2 == 0:
-            raise TaskError(f"task {self.name!r}: canvas must be an odd integer >= 3 (exact rot90), got {canvas!r}")
+            raise TaskError(
+                f"task {self.name!r}: canvas must be an odd integer >= 3 (exact rot90), got {canvas!r}"
+            )
 
     @abc.abstractmethod
     def build_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -205,18 +217,29 @@ class RotatedImageTask(ClassificationTask):
         payload = {}
         for split in SPLITS:
             images, labels = arrays[split]
-            payload[f"{split}_image"], payload[f"{split}_label"] = images.astype(np.float32), labels.astype(np.int64)
+            payload[f"{split}_image"], payload[f"{split}_label"] = (
+                images.astype(np.float32),
+                labels.astype(np.int64),
+            )
         atomic_write_npz(self.data_dir / "images.npz", **payload)
-        self.mark_prepared({
-            "examples": {s: int(len(arrays[s][1])) for s in SPLITS},
-            "class_counts": {s: np.bincount(arrays[s][1], minlength=self.num_classes).tolist() for s in SPLITS},
-        })
+        self.mark_prepared(
+            {
+                "examples": {s: int(len(arrays[s][1])) for s in SPLITS},
+                "class_counts": {
+                    s: np.bincount(arrays[s][1], minlength=self.num_classes).tolist() for s in SPLITS
+                },
+            }
+        )
 
     def load_splits(self) -> dict[str, Split]:
         with np.load(self.data_dir / "images.npz") as data:
             return {
-                s: Split({"image": torch.from_numpy(data[f"{s}_image"]),
-                          "label": torch.from_numpy(data[f"{s}_label"])})
+                s: Split(
+                    {
+                        "image": torch.from_numpy(data[f"{s}_image"]),
+                        "label": torch.from_numpy(data[f"{s}_label"]),
+                    }
+                )
                 for s in SPLITS
             }
 
@@ -233,4 +256,3 @@ class RotatedImageTask(ClassificationTask):
         if g.exact:
             return {**batch, "image": torch.rot90(image, g.data["k"], dims=(-2, -1))}
         return {**batch, "image": rotate(image, g.data["angle"])}
-

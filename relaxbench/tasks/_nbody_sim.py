@@ -26,8 +26,8 @@ particle), charges ``[n_traj, n_particles, 1]``.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 
@@ -65,9 +65,7 @@ def _reflect_into_box(loc: np.ndarray, vel: np.ndarray) -> None:
     vel[under] = np.abs(vel[under])
 
 
-def draw_initial_states(
-    rng: np.random.RandomState, n_traj: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_initial_states(rng: np.random.RandomState, n_traj: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``n_traj`` initial states from ``rng`` exactly as the reference does, consuming the same numbers.
 
     Returns:
@@ -92,7 +90,7 @@ def draw_initial_states(
     return loc0, vel0, charges
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pairs(n: int) -> tuple[np.ndarray, np.ndarray, tuple[tuple[tuple[int, bool], ...], ...]]:
     """The pairs ``i < j`` (``first``, ``second``) and, per particle ``i``, its pairs in the order of ``j != i``
     as ``(pair index, flipped)`` with ``flipped`` when ``j < i`` (the term enters with a minus sign)."""
@@ -114,7 +112,9 @@ def forces(loc: np.ndarray, charges: np.ndarray) -> np.ndarray:
     """
     first, second, order = _pairs(loc.shape[1])
     sq = (loc[0] ** 2 + loc[1] ** 2) + loc[2] ** 2  # [N, B]
-    batch_first = np.ascontiguousarray(loc.transpose(2, 0, 1))  # [B, 3, N], the reference's per-trajectory layout
+    batch_first = np.ascontiguousarray(
+        loc.transpose(2, 0, 1)
+    )  # [B, 3, N], the reference's per-trajectory layout
     gram = np.matmul(batch_first.transpose(0, 2, 1), batch_first)  # [B, N, N]
     dist2 = sq[first] + sq[second] - 2 * gram[:, first, second].T  # [P, B] over pairs i < j
     size = charges[first] * charges[second] / np.power(dist2, 1.5)

@@ -10,11 +10,15 @@ from relaxbench.symmetry import GroupElement, random_rotation_matrices
 __all__ = ["rotate", "sample_rotations_and_permutations"]
 
 
-def sample_rotations_and_permutations(n: int, generator: torch.Generator, n_points: int) -> list[GroupElement]:
+def sample_rotations_and_permutations(
+    n: int, generator: torch.Generator, n_points: int
+) -> list[GroupElement]:
     """``n`` Haar-random rotations, each with a random permutation of ``n_points`` points (all exact)."""
     rotations = random_rotation_matrices(n, generator)
     return [
-        GroupElement(f"R{i}", True, {"R": rotations[i], "perm": torch.randperm(n_points, generator=generator)})
+        GroupElement(
+            f"R{i}", True, {"R": rotations[i], "perm": torch.randperm(n_points, generator=generator)}
+        )
         for i in range(n)
     ]
 

@@ -12,7 +12,7 @@ the right one, so the pair differs only by chirality).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -20,17 +20,41 @@ from scipy.spatial.transform import Rotation
 __all__ = ["CLASSES", "generate_split", "normalise", "sample_class"]
 
 CLASSES = (
-    "sphere", "ellipsoid", "cube", "cuboid", "cylinder", "cone", "torus", "capsule",
-    "tetrahedron", "octahedron", "helix_left", "helix_right",
+    "sphere",
+    "ellipsoid",
+    "cube",
+    "cuboid",
+    "cylinder",
+    "cone",
+    "torus",
+    "capsule",
+    "tetrahedron",
+    "octahedron",
+    "helix_left",
+    "helix_right",
 )
 
-_BOX_FACES = np.array([
-    [0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
-    [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3],
-])  # vertices indexed by bits (x, y, z) of the vertex number
+_BOX_FACES = np.array(
+    [
+        [0, 1, 3],
+        [0, 3, 2],
+        [4, 6, 7],
+        [4, 7, 5],
+        [0, 4, 5],
+        [0, 5, 1],
+        [2, 3, 7],
+        [2, 7, 6],
+        [0, 2, 6],
+        [0, 6, 4],
+        [1, 5, 7],
+        [1, 7, 3],
+    ]
+)  # vertices indexed by bits (x, y, z) of the vertex number
 _TETRA_VERTICES = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64)
 _TETRA_FACES = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
-_OCTA_VERTICES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
+_OCTA_VERTICES = np.array(
+    [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64
+)
 _OCTA_FACES = np.array([[a, b, c] for a in (0, 1) for b in (2, 3) for c in (4, 5)])
 
 
@@ -76,7 +100,9 @@ def _rejection(
     return out.reshape(n, p, *out.shape[1:])
 
 
-def _disk(rng: np.random.Generator, radius: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _disk(
+    rng: np.random.Generator, radius: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Area-uniform ``(x, y)`` in disks of radius ``radius`` (``[n, 1]``)."""
     rho = radius * np.sqrt(rng.random(shape))
     phi = rng.uniform(0, 2 * np.pi, shape)
@@ -115,8 +141,12 @@ def _cube(rng, n, p):
 
 
 def _cuboid(rng, n, p):
-    return _box(rng, n, p, np.concatenate([np.ones((n, 1)), _uniform(rng, 0.3, 0.75, n),
-                                           _uniform(rng, 0.3, 0.75, n)], 1))
+    return _box(
+        rng,
+        n,
+        p,
+        np.concatenate([np.ones((n, 1)), _uniform(rng, 0.3, 0.75, n), _uniform(rng, 0.3, 0.75, n)], 1),
+    )
 
 
 def _cylinder(rng, n, p):
@@ -145,8 +175,13 @@ def _cone(rng, n, p):
 
 def _torus(rng, n, p):
     big, small = 1.0, _uniform(rng, 0.15, 0.45, n)
-    v = _rejection(rng, n, p, lambda c: rng.uniform(0, 2 * np.pi, c.size),
-                   lambda v, c: (big + small[c, 0] * np.cos(v)) / (big + small[c, 0]))
+    v = _rejection(
+        rng,
+        n,
+        p,
+        lambda c: rng.uniform(0, 2 * np.pi, c.size),
+        lambda v, c: (big + small[c, 0] * np.cos(v)) / (big + small[c, 0]),
+    )
     u = rng.uniform(0, 2 * np.pi, (n, p))
     ring = big + small * np.cos(v)
     return np.stack([ring * np.cos(u), ring * np.sin(u), small * np.sin(v)], -1)
@@ -181,8 +216,13 @@ def _helix_right(rng, n, p):
     turns, r = _uniform(rng, 1.5, 3.0, n), _uniform(rng, 0.1, 0.25, n)
     kappa = 1.0 / (1.0 + b**2)  # curvature of a unit-radius helix; kappa * r < 1
     # area element of a tube around a curve: |c'| r (1 - kappa r cos v) dt dv
-    v = _rejection(rng, n, p, lambda c: rng.uniform(0, 2 * np.pi, c.size),
-                   lambda v, c: (1 - kappa[c, 0] * r[c, 0] * np.cos(v)) / (1 + kappa[c, 0] * r[c, 0]))
+    v = _rejection(
+        rng,
+        n,
+        p,
+        lambda c: rng.uniform(0, 2 * np.pi, c.size),
+        lambda v, c: (1 - kappa[c, 0] * r[c, 0] * np.cos(v)) / (1 + kappa[c, 0] * r[c, 0]),
+    )
     t = rng.random((n, p)) * 2 * np.pi * turns
     centre = np.stack([np.cos(t), np.sin(t), b * t], -1)
     normal = np.stack([-np.cos(t), -np.sin(t), np.zeros_like(t)], -1)
@@ -196,9 +236,18 @@ def _helix_left(rng, n, p):
 
 
 _SAMPLERS = {
-    "sphere": _sphere, "ellipsoid": _ellipsoid, "cube": _cube, "cuboid": _cuboid, "cylinder": _cylinder,
-    "cone": _cone, "torus": _torus, "capsule": _capsule, "tetrahedron": _tetrahedron,
-    "octahedron": _octahedron, "helix_left": _helix_left, "helix_right": _helix_right,
+    "sphere": _sphere,
+    "ellipsoid": _ellipsoid,
+    "cube": _cube,
+    "cuboid": _cuboid,
+    "cylinder": _cylinder,
+    "cone": _cone,
+    "torus": _torus,
+    "capsule": _capsule,
+    "tetrahedron": _tetrahedron,
+    "octahedron": _octahedron,
+    "helix_left": _helix_left,
+    "helix_right": _helix_right,
 }
 
 
@@ -216,7 +265,9 @@ def normalise(clouds: np.ndarray, jitter: float, rng: np.random.Generator) -> np
     return np.einsum("nij,npj->npi", rotations, clouds)
 
 
-def generate_split(n_per_class: int, p: int, jitter: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def generate_split(
+    n_per_class: int, p: int, jitter: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``(pos [12 n_per_class, p, 3] float64, label [12 n_per_class] int64)``, classes in order."""
     clouds = [sample_class(name, n_per_class, p, rng) for name in CLASSES]
     labels = np.repeat(np.arange(len(CLASSES)), n_per_class)

@@ -69,8 +69,14 @@ def generate_md(
             MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
             Stationary(atoms)
             ZeroRotation(atoms)
-            dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_k,
-                           friction=friction_per_fs / units.fs, fixcm=False, rng=rng)
+            dyn = Langevin(
+                atoms,
+                timestep_fs * units.fs,
+                temperature_K=temperature_k,
+                friction=friction_per_fs / units.fs,
+                fixcm=False,
+                rng=rng,
+            )
             if equilibration_steps:
                 dyn.run(equilibration_steps)
             for _ in range(n_keep):

@@ -129,8 +129,10 @@ class MD(Task):
         try:
             import tblite.ase  # noqa: F401
         except ImportError as err:
-            raise TaskError(f"md: generating data needs the tblite package ({err}); install it, or set 'path' "
-                            "to an MD17 / rMD17 file") from None
+            raise TaskError(
+                f"md: generating data needs the tblite package ({err}); install it, or set 'path' "
+                "to an MD17 / rMD17 file"
+            ) from None
         if p["n_frames"] < 1 or p["n_trajectories"] < 1 or p["stride"] < 1 or p["equilibration_steps"] < 0:
             raise TaskError("md: n_frames, n_trajectories and stride must be >= 1, equilibration_steps >= 0")
         try:
@@ -138,11 +140,21 @@ class MD(Task):
 
             build_molecule(p["molecule"])
         except KeyError:
-            raise TaskError(f"md: ASE does not know the molecule {p['molecule']!r} (ase.collections.g2 names, "
-                            "e.g. 'CH3CH2OH' for ethanol)") from None
-        arrays = generate_md(p["molecule"], int(p["n_frames"]), int(p["n_trajectories"]), int(p["stride"]),
-                             int(p["equilibration_steps"]), float(p["temperature_k"]), float(p["timestep_fs"]),
-                             float(p["friction_per_fs"]), int(p["seed"]))
+            raise TaskError(
+                f"md: ASE does not know the molecule {p['molecule']!r} (ase.collections.g2 names, "
+                "e.g. 'CH3CH2OH' for ethanol)"
+            ) from None
+        arrays = generate_md(
+            p["molecule"],
+            int(p["n_frames"]),
+            int(p["n_trajectories"]),
+            int(p["stride"]),
+            int(p["equilibration_steps"]),
+            float(p["temperature_k"]),
+            float(p["timestep_fs"]),
+            float(p["friction_per_fs"]),
+            int(p["seed"]),
+        )
         atomic_write_npz(self.source, **arrays, name=np.array(p["molecule"]), theory=np.array(THEORY))
 
     def _split_sizes(self, n: int) -> tuple[int, int, int]:
@@ -150,8 +162,10 @@ class MD(Task):
         p = self.params
         n_test = n - p["n_train"] - p["n_val"] if p["n_test"] is None else p["n_test"]
         if min(p["n_train"], p["n_val"], n_test) < 1 or p["n_train"] + p["n_val"] + n_test > n:
-            raise TaskError(f"md: {n} frames cannot be split as n_train={p['n_train']}, n_val={p['n_val']}, "
-                            f"n_test={p['n_test']} (each >= 1, at most {n} in all)")
+            raise TaskError(
+                f"md: {n} frames cannot be split as n_train={p['n_train']}, n_val={p['n_val']}, "
+                f"n_test={p['n_test']} (each >= 1, at most {n} in all)"
+            )
         return int(p["n_train"]), int(p["n_val"]), int(n_test)
 
     def prepare(self) -> None:
@@ -167,16 +181,18 @@ class MD(Task):
         atomic_write_npz(self.data_dir / "splits.npz", **splits)
         train = splits["train"]
         self.__dict__.pop("info", None)
-        self.mark_prepared({
-            "source": str(self.source),
-            "n_frames": int(n),
-            "n_atoms": int(len(data["z"])),
-            "atomic_numbers": data["z"].tolist(),
-            "examples": {s: int(len(idx)) for s, idx in splits.items()},
-            "energy_shift_kcal_mol": float(data["E"][train].mean()),
-            "energy_std_kcal_mol": float(data["E"][train].std()),
-            "force_scale_kcal_mol_A": float(np.sqrt(np.mean(data["F"][train] ** 2))),
-        })
+        self.mark_prepared(
+            {
+                "source": str(self.source),
+                "n_frames": int(n),
+                "n_atoms": int(len(data["z"])),
+                "atomic_numbers": data["z"].tolist(),
+                "examples": {s: int(len(idx)) for s, idx in splits.items()},
+                "energy_shift_kcal_mol": float(data["E"][train].mean()),
+                "energy_std_kcal_mol": float(data["E"][train].std()),
+                "force_scale_kcal_mol_A": float(np.sqrt(np.mean(data["F"][train] ** 2))),
+            }
+        )
 
     @cached_property
     def info(self) -> dict[str, Any]:
@@ -188,19 +204,23 @@ class MD(Task):
     def load_splits(self) -> dict[str, Split]:
         data = read_md17(self.source)
         if len(data["E"]) != self.info["n_frames"]:
-            raise TaskError(f"md: {self.source} changed since prepare() ({len(data['E'])} frames, "
-                            f"{self.info['n_frames']} when prepared); prepare again")
+            raise TaskError(
+                f"md: {self.source} changed since prepare() ({len(data['E'])} frames, "
+                f"{self.info['n_frames']} when prepared); prepare again"
+            )
         shift = self.info["energy_shift_kcal_mol"]
         out = {}
         with np.load(self.data_dir / "splits.npz") as splits:
             for s in ("train", "val", "test"):
                 idx = splits[s]
-                out[s] = Split({
-                    "z": torch.from_numpy(np.broadcast_to(data["z"], (len(idx), len(data["z"]))).copy()),
-                    "pos": torch.from_numpy(data["R"][idx]).float(),
-                    "energy": torch.from_numpy(data["E"][idx] - shift).float(),
-                    "forces": torch.from_numpy(data["F"][idx]).float(),
-                })
+                out[s] = Split(
+                    {
+                        "z": torch.from_numpy(np.broadcast_to(data["z"], (len(idx), len(data["z"]))).copy()),
+                        "pos": torch.from_numpy(data["R"][idx]).float(),
+                        "energy": torch.from_numpy(data["E"][idx] - shift).float(),
+                        "forces": torch.from_numpy(data["F"][idx]).float(),
+                    }
+                )
         return out
 
     @property
@@ -231,8 +251,9 @@ class MD(Task):
 
     def _loss_per_example(self, de: Tensor, df: Tensor) -> Tensor:
         s = self.force_scale
-        return (self.params["energy_weight"] * (de / s).pow(2)
-                + self.params["force_weight"] * (df / s).pow(2).flatten(1).mean(1))
+        return self.params["energy_weight"] * (de / s).pow(2) + self.params["force_weight"] * (df / s).pow(
+            2
+        ).flatten(1).mean(1)
 
     def loss(self, pred: dict[str, Tensor], batch: Batch) -> Tensor:
         return self._loss_per_example(*self._errors(pred, batch)).mean()

@@ -94,7 +94,9 @@ class NBody(Task):
             start = stop
         return out
 
-    def _read_reference(self, folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    def _read_reference(
+        self, folder: Path
+    ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """The kept trajectories and frames from reference-layout ``.npy`` files in ``folder``."""
         p = self.params
         n_particles = sim.N_PARTICLES
@@ -121,10 +123,17 @@ class NBody(Task):
                     f"{charges.shape} (expected charges [n, {n_particles}, 1])"
                 )
             if loc.shape[0] < n:
-                raise TaskError(f"task 'nbody': n_{split}={n} but {folder} holds only {loc.shape[0]} trajectories")
+                raise TaskError(
+                    f"task 'nbody': n_{split}={n} but {folder} holds only {loc.shape[0]} trajectories"
+                )
             out[split] = tuple(
                 np.array(a, dtype=np.float64)
-                for a in (loc[:n, p["frame_in"]], vel[:n, p["frame_in"]], charges[:n], loc[:n, p["frame_out"]])
+                for a in (
+                    loc[:n, p["frame_in"]],
+                    vel[:n, p["frame_in"]],
+                    charges[:n],
+                    loc[:n, p["frame_out"]],
+                )
             )
         return out
 
@@ -147,15 +156,23 @@ class NBody(Task):
     def load_splits(self) -> dict[str, Split]:
         with np.load(self.data_dir / "nbody.npz") as data:
             return {
-                split: Split({key: torch.from_numpy(data[f"{split}_{key}"]).float()
-                              for key in ("loc", "vel", "charges", "target")})
+                split: Split(
+                    {
+                        key: torch.from_numpy(data[f"{split}_{key}"]).float()
+                        for key in ("loc", "vel", "charges", "target")
+                    }
+                )
                 for split in REFERENCE_SIZES
             }
 
     @property
     def spec(self) -> dict:
-        return {"kind": "nbody", "n_particles": sim.N_PARTICLES, "inputs": ["loc", "vel", "charges"],
-                "output": "positions"}
+        return {
+            "kind": "nbody",
+            "n_particles": sim.N_PARTICLES,
+            "inputs": ["loc", "vel", "charges"],
+            "output": "positions",
+        }
 
     # --- learning ---------------------------------------------------------------------------------
     def loss(self, pred: Tensor, batch: Batch) -> Tensor:

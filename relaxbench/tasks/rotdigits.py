@@ -49,7 +49,9 @@ class RotDigits(RotatedImageTask):
         if total > len(labels):
             raise TaskError(f"rotdigits: n_train + n_val + n_test = {total} exceeds the {len(labels)} digits")
         if not 8 <= p["zoom_size"] <= p["canvas"]:
-            raise TaskError(f"rotdigits: zoom_size must lie in [8, canvas={p['canvas']}], got {p['zoom_size']}")
+            raise TaskError(
+                f"rotdigits: zoom_size must lie in [8, canvas={p['canvas']}], got {p['zoom_size']}"
+            )
         factor = p["zoom_size"] / 8.0
         images = zoom(digits.images / 16.0, (1, factor, factor), order=1).clip(0.0, 1.0)
         images = paste_centred(images, p["canvas"])

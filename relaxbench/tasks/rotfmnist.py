@@ -40,9 +40,14 @@ class RotFashionMNIST(RotatedImageTask):
 
     def build_arrays(self):
         path = Path(self.params["path"])
-        if not (path / "train-images-idx3-ubyte.gz").is_file() and not (path / "train-images-idx3-ubyte").is_file():
-            raise TaskError(f"rotfmnist: no Fashion-MNIST IDX files in {str(path)!r}; install them with "
-                            "`apt-get install dataset-fashion-mnist` or set params.path")
+        if (
+            not (path / "train-images-idx3-ubyte.gz").is_file()
+            and not (path / "train-images-idx3-ubyte").is_file()
+        ):
+            raise TaskError(
+                f"rotfmnist: no Fashion-MNIST IDX files in {str(path)!r}; install them with "
+                "`apt-get install dataset-fashion-mnist` or set params.path"
+            )
         return idx_rotated_arrays(path, self.params, self.data_dir / "raw")
 
 

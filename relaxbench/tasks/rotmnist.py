@@ -37,13 +37,17 @@ def read_amat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``(images [N, 28, 28] float32, labels [N] int64)`` from an MNIST-rot ``.amat`` text file."""
     path = Path(path)
     if not path.is_file():
-        raise TaskError(f"rotmnist: {str(path)!r} not found (the MNIST-rot .amat files must be downloaded by the user)")
+        raise TaskError(
+            f"rotmnist: {str(path)!r} not found (the MNIST-rot .amat files must be downloaded by the user)"
+        )
     try:
         rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as err:
         raise TaskError(f"rotmnist: {path} is not a numeric .amat file ({err})") from None
     if rows.shape[1] != 785:
-        raise TaskError(f"rotmnist: {path} has {rows.shape[1]} columns per row, expected 784 pixels + 1 label")
+        raise TaskError(
+            f"rotmnist: {path} has {rows.shape[1]} columns per row, expected 784 pixels + 1 label"
+        )
     return rows[:, :784].reshape(-1, 28, 28).astype(np.float32), rows[:, 784].astype(np.int64)
 
 
@@ -67,12 +71,16 @@ class RotMNIST(RotatedImageTask):
         super().__init__(params, data_dir)
         p = self.params
         if p["path"] is None:
-            raise TaskError("rotmnist needs params.path: a folder with the MNIST-rot .amat files or MNIST IDX files")
+            raise TaskError(
+                "rotmnist needs params.path: a folder with the MNIST-rot .amat files or MNIST IDX files"
+            )
         if p["source"] not in ("amat", "idx"):
             raise TaskError(f"rotmnist: source must be 'amat' or 'idx', got {p['source']!r}")
         rotations = [k for k in ("train_rotations", "val_rotations", "test_rotations") if p[k] is not None]
         if p["source"] == "amat" and rotations:
-            raise TaskError(f"rotmnist: the .amat images are already rotated; {rotations} apply to source 'idx' only")
+            raise TaskError(
+                f"rotmnist: the .amat images are already rotated; {rotations} apply to source 'idx' only"
+            )
 
     def build_arrays(self):
         p = self.params
@@ -83,7 +91,9 @@ class RotMNIST(RotatedImageTask):
         test_images, test_labels = read_amat(Path(p["path"]) / AMAT_FILES["test"])
         cut = self.amat_train_rows
         if len(labels) <= cut:
-            raise TaskError(f"rotmnist: {AMAT_FILES['train_valid']} has {len(labels)} rows, expected more than {cut}")
+            raise TaskError(
+                f"rotmnist: {AMAT_FILES['train_valid']} has {len(labels)} rows, expected more than {cut}"
+            )
         parts = {
             "train": (images[:cut], labels[:cut]),
             "val": (images[cut:], labels[cut:]),

@@ -66,15 +66,21 @@ def read_h5(path: Path, n_points: int | None = None) -> tuple[np.ndarray, np.nda
             data = f["data"][:, :n_points] if n_points is not None else f["data"][()]
             label = f["label"][()]
     except (OSError, KeyError) as err:
-        raise TaskError(f"{path}: not a ModelNet40-style HDF5 file with datasets 'data' and 'label' ({err})")
+        raise TaskError(
+            f"{path}: not a ModelNet40-style HDF5 file with datasets 'data' and 'label' ({err})"
+        ) from err
     if data.ndim != 3 or data.shape[-1] != 3 or len(label) != len(data):
-        raise TaskError(f"{path}: expected data (N, P, 3) and label (N, 1), got {data.shape} and {label.shape}")
+        raise TaskError(
+            f"{path}: expected data (N, P, 3) and label (N, 1), got {data.shape} and {label.shape}"
+        )
     return data.astype(np.float32), label.reshape(-1).astype(np.int64)
 
 
 def _modelnet40_files(root: Path, split: str) -> list[Path]:
     """``ply_data_{split}0.h5, ply_data_{split}1.h5, ...`` in numeric order."""
-    files = [f for f in root.glob(f"ply_data_{split}*.h5") if re.fullmatch(rf"ply_data_{split}\d+\.h5", f.name)]
+    files = [
+        f for f in root.glob(f"ply_data_{split}*.h5") if re.fullmatch(rf"ply_data_{split}\d+\.h5", f.name)
+    ]
     return sorted(files, key=lambda f: int(re.sub(r"\D", "", f.name)))
 
 
@@ -97,15 +103,21 @@ class Shapes(ClassificationTask):
         super().__init__(params, data_dir)
         p = self.params
         if p["dataset"] not in ("synthetic", "modelnet40"):
-            raise TaskError(f"task 'shapes': dataset must be 'synthetic' or 'modelnet40', got {p['dataset']!r}")
+            raise TaskError(
+                f"task 'shapes': dataset must be 'synthetic' or 'modelnet40', got {p['dataset']!r}"
+            )
         if not isinstance(p["n_points"], int) or p["n_points"] < 1:
             raise TaskError(f"task 'shapes': n_points must be a positive integer, got {p['n_points']!r}")
         if p["dataset"] == "modelnet40":
             if p["path"] is None:
-                raise TaskError("task 'shapes': dataset 'modelnet40' needs 'path' (the folder of ply_data_*.h5)")
+                raise TaskError(
+                    "task 'shapes': dataset 'modelnet40' needs 'path' (the folder of ply_data_*.h5)"
+                )
             if p["n_points"] > MODELNET40_POINTS:
-                raise TaskError(f"task 'shapes': ModelNet40 has {MODELNET40_POINTS} points per shape, "
-                                f"n_points={p['n_points']} asked")
+                raise TaskError(
+                    f"task 'shapes': ModelNet40 has {MODELNET40_POINTS} points per shape, "
+                    f"n_points={p['n_points']} asked"
+                )
             if not 0 < p["val_fraction"] < 1:
                 raise TaskError(f"task 'shapes': val_fraction must be in (0, 1), got {p['val_fraction']!r}")
         if not p["jitter"] >= 0:
@@ -120,23 +132,29 @@ class Shapes(ClassificationTask):
         p = self.params
         rng = np.random.default_rng(int(p["seed"]))
         if p["dataset"] == "synthetic":
-            splits = {s: generate_split(p[f"n_{s}_per_class"], p["n_points"], p["jitter"], rng) for s in SPLITS}
+            splits = {
+                s: generate_split(p[f"n_{s}_per_class"], p["n_points"], p["jitter"], rng) for s in SPLITS
+            }
         else:
             splits = self._convert_modelnet40(rng)
         for split, (data, label) in splits.items():
             write_h5(self.data_dir / f"{split}.h5", data, label)
-        self.mark_prepared({
-            "examples": {s: int(len(label)) for s, (_, label) in splits.items()},
-            "num_classes": self.spec["num_classes"],
-            "class_names": list(CLASSES) if p["dataset"] == "synthetic" else self._modelnet40_names(),
-        })
+        self.mark_prepared(
+            {
+                "examples": {s: int(len(label)) for s, (_, label) in splits.items()},
+                "num_classes": self.spec["num_classes"],
+                "class_names": list(CLASSES) if p["dataset"] == "synthetic" else self._modelnet40_names(),
+            }
+        )
 
     def _modelnet40_root(self) -> Path:
         path = Path(self.params["path"]).expanduser()
         root = path / MODELNET40_DIR if (path / MODELNET40_DIR).is_dir() else path
         if not _modelnet40_files(root, "train") or not _modelnet40_files(root, "test"):
-            raise TaskError(f"task 'shapes': no ModelNet40 files ply_data_train<k>.h5 and ply_data_test<k>.h5 "
-                            f"in {str(root)!r}")
+            raise TaskError(
+                f"task 'shapes': no ModelNet40 files ply_data_train<k>.h5 and ply_data_test<k>.h5 "
+                f"in {str(root)!r}"
+            )
         return root
 
     def _modelnet40_names(self) -> list[str] | None:
@@ -152,8 +170,10 @@ class Shapes(ClassificationTask):
             parts = [read_h5(f, n_points) for f in _modelnet40_files(root, split)]
             raw[split] = (np.concatenate([d for d, _ in parts]), np.concatenate([lab for _, lab in parts]))
             if raw[split][0].shape[1] != n_points:
-                raise TaskError(f"task 'shapes': {root} has {raw[split][0].shape[1]} points per shape, "
-                                f"n_points={n_points} asked")
+                raise TaskError(
+                    f"task 'shapes': {root} has {raw[split][0].shape[1]} points per shape, "
+                    f"n_points={n_points} asked"
+                )
             labels = raw[split][1]
             if labels.min() < 0 or labels.max() >= MODELNET40_CLASSES:
                 raise TaskError(f"task 'shapes': {root} has labels outside 0..{MODELNET40_CLASSES - 1}")

@@ -8,7 +8,6 @@ of the points; logits are invariant. Tiny and fast: the proof that the trainer w
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
@@ -53,13 +52,19 @@ class Tetris(ClassificationTask):
             pos = torch.take_along_dim(pos, perm.unsqueeze(-1), dim=1)
             arrays[f"{split}_pos"], arrays[f"{split}_label"] = pos.numpy(), labels
         atomic_write_npz(self.data_dir / "tetris.npz", **arrays)
-        self.mark_prepared({"examples": {s: int(len(arrays[f"{s}_label"])) for s in ("train", "val", "test")}})
+        self.mark_prepared(
+            {"examples": {s: int(len(arrays[f"{s}_label"])) for s in ("train", "val", "test")}}
+        )
 
     def load_splits(self) -> dict[str, Split]:
         with np.load(self.data_dir / "tetris.npz") as data:
             return {
-                s: Split({"pos": torch.from_numpy(data[f"{s}_pos"]).float(),
-                          "label": torch.from_numpy(data[f"{s}_label"]).long()})
+                s: Split(
+                    {
+                        "pos": torch.from_numpy(data[f"{s}_pos"]).float(),
+                        "label": torch.from_numpy(data[f"{s}_label"]).long(),
+                    }
+                )
                 for s in ("train", "val", "test")
             }
 

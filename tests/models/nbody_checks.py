@@ -3,7 +3,7 @@ free branch, Lie penalty, and one tiny run through the trainer."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -100,17 +100,20 @@ def check_lie_penalty(relaxed: nn.Module, equivariant_weight: Callable[[nn.Modul
 def check_tiny_training_run(model_name: str, params: dict, tmp_path) -> None:
     """Two epochs of the relaxed method through the trainer write an ok record with a projected, equivariant
     model."""
-    cfg = validate_config({
-        "name": "unit",
-        "seeds": [0],
-        "device": "cpu",
-        "training": {"epochs": 2, "batch_size": 4, "equivariance_samples": 2, "equivariance_examples": 4},
-        "methods": {"relaxed": {}},
-        "tasks": {"nbody": TINY_TASK},
-        "models": {model_name: {"tasks": ["nbody"], "params": params}},
-    })
-    record = train_run(resolve_run(cfg, RunSpec("nbody", model_name, "relaxed", 0)), tmp_path / "run",
-                       tmp_path / "data")
+    cfg = validate_config(
+        {
+            "name": "unit",
+            "seeds": [0],
+            "device": "cpu",
+            "training": {"epochs": 2, "batch_size": 4, "equivariance_samples": 2, "equivariance_examples": 4},
+            "methods": {"relaxed": {}},
+            "tasks": {"nbody": TINY_TASK},
+            "models": {model_name: {"tasks": ["nbody"], "params": params}},
+        }
+    )
+    record = train_run(
+        resolve_run(cfg, RunSpec("nbody", model_name, "relaxed", 0)), tmp_path / "run", tmp_path / "data"
+    )
     assert record.status == "ok", record.reason
     assert record.family == "gnn" and record.metric == "mse_pos" and record.metric_unit == "length^2"
     assert record.test["mse_pos"] > 0 and record.params_free > 0

@@ -54,7 +54,9 @@ def molecule(tmp_path_factory):
 
 def molecule_error(task, model, batch):
     elements = task.sample_group(4, torch.Generator().manual_seed(0))
-    return equivariance_error(lambda b: task.predict(model, b), batch, elements, task.act, task.act_output).exact
+    return equivariance_error(
+        lambda b: task.predict(model, b), batch, elements, task.act, task.act_output
+    ).exact
 
 
 def test_energy_is_invariant_and_forces_equivariant(molecule):
@@ -90,11 +92,16 @@ def test_point_classification_is_rotation_invariant_and_tells_mirror_images_apar
 def test_nbody_positions_are_equivariant():
     torch.manual_seed(1)
     model = se3_transformer.build({"kind": "nbody"}, **TINY_MODEL).eval()
-    batch = {"loc": torch.randn(4, 5, 3), "vel": torch.randn(4, 5, 3),
-             "charges": torch.randint(0, 2, (4, 5, 1)).double() * 2 - 1}
+    batch = {
+        "loc": torch.randn(4, 5, 3),
+        "vel": torch.randn(4, 5, 3),
+        "charges": torch.randint(0, 2, (4, 5, 1)).double() * 2 - 1,
+    }
     gen = torch.Generator().manual_seed(0)
-    elements = [GroupElement(f"g{i}", True, {"R": r, "t": torch.randn(3, generator=gen, dtype=F64)})
-                for i, r in enumerate(random_rotation_matrices(3, gen))]
+    elements = [
+        GroupElement(f"g{i}", True, {"R": r, "t": torch.randn(3, generator=gen, dtype=F64)})
+        for i, r in enumerate(random_rotation_matrices(3, gen))
+    ]
 
     def act(g, b):
         return {**b, "loc": b["loc"] @ g.data["R"].t() + g.data["t"], "vel": b["vel"] @ g.data["R"].t()}
@@ -112,8 +119,12 @@ def test_cartesian_vectors_are_e3nn_1o_vectors():
     """The free MLP sees the raw centred position; its generators treat it as ``1o``: the bases must agree."""
     rotation = o3.rand_matrix()
     torch.testing.assert_close(o3.Irreps("1o").D_from_matrix(rotation), rotation, atol=1e-12, rtol=0)
-    torch.testing.assert_close(torch.linalg.matrix_exp(0.3 * irreps_generators("1o")[2]),
-                               o3.matrix_z(torch.tensor(0.3)), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        torch.linalg.matrix_exp(0.3 * irreps_generators("1o")[2]),
+        o3.matrix_z(torch.tensor(0.3)),
+        atol=1e-12,
+        rtol=0,
+    )
 
 
 def test_layer_norm_is_o3_equivariant():
@@ -141,17 +152,28 @@ class _EquivariantFree(nn.Module):
     def __init__(self):
         super().__init__()
         gate = _gate(IRREPS_Y)
-        self.net = nn.Sequential(o3.Linear(IRREPS_Y + IRREPS_C, gate.irreps_in, biases=True), gate,
-                                 o3.Linear(gate.irreps_out, IRREPS_Y, biases=True))
+        self.net = nn.Sequential(
+            o3.Linear(IRREPS_Y + IRREPS_C, gate.irreps_in, biases=True),
+            gate,
+            o3.Linear(gate.irreps_out, IRREPS_Y, biases=True),
+        )
 
     def forward(self, x):
         return self.net(x)
 
 
 def relaxed_ff(lie_mode="lie", free=None):
-    layer = RelaxedFreeMLP(o3.Linear(IRREPS_Y, IRREPS_Y), IRREPS_Y.dim, IRREPS_C.dim, IRREPS_Y.dim,
-                           irreps_generators(IRREPS_Y + IRREPS_C), irreps_generators(IRREPS_Y), hidden=16,
-                           lie_mode=lie_mode, free=free)
+    layer = RelaxedFreeMLP(
+        o3.Linear(IRREPS_Y, IRREPS_Y),
+        IRREPS_Y.dim,
+        IRREPS_C.dim,
+        IRREPS_Y.dim,
+        irreps_generators(IRREPS_Y + IRREPS_C),
+        irreps_generators(IRREPS_Y),
+        hidden=16,
+        lie_mode=lie_mode,
+        free=free,
+    )
     if free is None:
         with torch.no_grad():
             layer.free[2].weight.mul_(100.0)  # undo the 0.01 init scale: a clearly non-equivariant map
@@ -178,14 +200,26 @@ def test_lie_penalty_is_the_derivative_of_the_finite_difference():
     t = 1e-5
 
     def difference(a, s):
-        return (layer.free(x @ torch.linalg.matrix_exp(s * gen_in[a]).t())
-                - layer.free(x) @ torch.linalg.matrix_exp(s * gen_out[a]).t())
+        return (
+            layer.free(x @ torch.linalg.matrix_exp(s * gen_in[a]).t())
+            - layer.free(x) @ torch.linalg.matrix_exp(s * gen_out[a]).t()
+        )
 
-    numeric = sum(((difference(a, t) - difference(a, -t)) / (2 * t)).pow(2).sum() for a in range(3)) / x.shape[0]
+    numeric = (
+        sum(((difference(a, t) - difference(a, -t)) / (2 * t)).pow(2).sum() for a in range(3)) / x.shape[0]
+    )
     ld, _ = layer.penalty_terms()
     assert float(ld) == pytest.approx(float(numeric), rel=1e-6)
-    finite = RelaxedFreeMLP(layer.equivariant, IRREPS_Y.dim, IRREPS_C.dim, IRREPS_Y.dim, gen_in, gen_out,
-                            lie_mode="finite", free=lambda: layer.free)
+    finite = RelaxedFreeMLP(
+        layer.equivariant,
+        IRREPS_Y.dim,
+        IRREPS_C.dim,
+        IRREPS_Y.dim,
+        gen_in,
+        gen_out,
+        lie_mode="finite",
+        free=lambda: layer.free,
+    )
     finite._last_input = x
     ld_finite, _ = finite.penalty_terms()
     assert float(ld_finite) == pytest.approx(math.radians(5.0) ** 2 * float(ld), rel=0.1)

@@ -45,8 +45,12 @@ def test_segnn_relaxes_both_update_layers_of_every_layer(models):
             assert free.weight.shape == (update.linear.equivariant.tp.irreps_out.dim, update.irreps_in.dim)
             assert free.bias is None
         assert not hasattr(layer.message1.linear, "free") and not hasattr(layer.message2.linear, "free")
-    free = sum(p.numel() for layer in relaxed.layers for u in (layer.update1, layer.update2)
-               for p in u.linear.free.parameters())
+    free = sum(
+        p.numel()
+        for layer in relaxed.layers
+        for u in (layer.update1, layer.update2)
+        for p in u.linear.free.parameters()
+    )
     assert sum(p.numel() for p in relaxed.parameters()) == sum(p.numel() for p in plain.parameters()) + free
 
 

@@ -25,7 +25,11 @@ from relaxbench.tasks.rotdigits import RotDigits
 SPEC = {"kind": "image_classification", "channels": 1, "size": 15, "num_classes": 10}
 SMALL = {"channels": (2, 3), "kernel_size": 3, "head_hidden": 8}
 TOL32 = 100 * torch.finfo(torch.float32).eps  # escnn's float32 kernel bases
-GROUPS = [{"group": "C", "N": 8}, {"group": "D", "N": 4}, {"group": "SO2", "max_frequency": 2, "fourier_samples": 8}]
+GROUPS = [
+    {"group": "C", "N": 8},
+    {"group": "D", "N": 4},
+    {"group": "SO2", "max_frequency": 2, "fourier_samples": 8},
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,11 @@ def task(tmp_path_factory):
 
 
 def images(n: int = 3, size: int = 15, seed: int = 0) -> dict[str, torch.Tensor]:
-    return {"image": torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)}
+    return {
+        "image": torch.rand(
+            n, 1, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+    }
 
 
 def build(seed: int = 0, **params):
@@ -130,8 +138,9 @@ def test_field_action_matches_escnn_transform(name):
         assert torch.equal(field_action(x, layer.in_type, g), expected)
 
 
-@pytest.mark.parametrize("name,generators", [("C8", "grid"), ("D4", "grid"), ("D4", "group"), ("C6", "group"),
-                                             ("SO2", "grid")])
+@pytest.mark.parametrize(
+    "name,generators", [("C8", "grid"), ("D4", "grid"), ("D4", "group"), ("C6", "group"), ("SO2", "grid")]
+)
 def test_weight_space_penalty_equals_the_generic_finite_difference(name, generators):
     layer = _layer(GSPACES[name](), generators)
     x = torch.randn(3, layer.in_type.size, 9, 9, dtype=torch.float64)
@@ -302,16 +311,36 @@ def test_two_epoch_training_run_writes_an_ok_record(tmp_path):
     from relaxbench.records import read_record
     from relaxbench.train import train_run
 
-    cfg = validate_config({
-        "name": "cnn-test",
-        "seeds": [0],
-        "training": {"epochs": 2, "batch_size": 16, "eval_batch_size": 64, "equivariance_samples": 4,
-                     "equivariance_examples": 4},
-        "tasks": {"rotdigits": {"n_train": 40, "n_val": 20, "n_test": 20, "test_rotations": 2, "canvas": 15,
-                                "zoom_size": 11}},
-        "models": {"steerable_cnn": {"tasks": ["rotdigits"], "params": {"channels": [2, 3], "kernel_size": 3},
-                                     "methods": ["relaxed"]}},
-    })
+    cfg = validate_config(
+        {
+            "name": "cnn-test",
+            "seeds": [0],
+            "training": {
+                "epochs": 2,
+                "batch_size": 16,
+                "eval_batch_size": 64,
+                "equivariance_samples": 4,
+                "equivariance_examples": 4,
+            },
+            "tasks": {
+                "rotdigits": {
+                    "n_train": 40,
+                    "n_val": 20,
+                    "n_test": 20,
+                    "test_rotations": 2,
+                    "canvas": 15,
+                    "zoom_size": 11,
+                }
+            },
+            "models": {
+                "steerable_cnn": {
+                    "tasks": ["rotdigits"],
+                    "params": {"channels": [2, 3], "kernel_size": 3},
+                    "methods": ["relaxed"],
+                }
+            },
+        }
+    )
     resolved = resolve_run(cfg, RunSpec("rotdigits", "steerable_cnn", "relaxed", 0))
     record = train_run(resolved, tmp_path / "run", tmp_path / "data")
     assert record.status == "ok", record.reason

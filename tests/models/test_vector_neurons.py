@@ -27,7 +27,6 @@ from relaxbench.tasks.shapes import Shapes
 from relaxbench.train import train_run
 
 
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny tensors: one thread avoids OpenMP synchronisation costs (large on a shared 2-core machine)."""
@@ -181,8 +180,9 @@ def test_vn_layers_are_equivariant():
         torch.testing.assert_close(layer(rotate(x)), rotate(layer(x)), rtol=0, atol=1e-12)
     pts = x[:, :, :, :, 0]  # [B, C, 3, N]: edge features of the kNN graph rotate with the points
     for cross in (False, True):
-        torch.testing.assert_close(graph_feature(rotate(pts), 3, cross), rotate(graph_feature(pts, 3, cross)),
-                                   rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            graph_feature(rotate(pts), 3, cross), rotate(graph_feature(pts, 3, cross)), rtol=0, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("negative_slope", [0.0, 0.2])
@@ -207,8 +207,12 @@ def test_fused_forward_equals_equivariant_plus_theta_free():
 
 def _kron_free_map(layer: RelaxedVNLinear, seed: int = 3) -> None:
     """Set the free map to an equivariant one: kron(M, I_3), no bias."""
-    m = torch.randn(layer.equivariant.c_out, layer.equivariant.c_in, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(seed))
+    m = torch.randn(
+        layer.equivariant.c_out,
+        layer.equivariant.c_in,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(seed),
+    )
     with torch.no_grad():
         layer.free.weight.copy_(torch.kron(m, torch.eye(3, dtype=torch.float64)))
         layer.free.bias.zero_()
@@ -236,8 +240,9 @@ def test_lie_penalty_matches_the_definition_and_dense_relaxed_linear():
     c_in, c_out = layer.equivariant.c_in, layer.equivariant.c_out
     equivariant = nn.Linear(3 * c_in, 3 * c_out, bias=False).double()
     equivariant.weight.data.copy_(layer.equivariant.matrix())
-    dense = DenseRelaxedLinear(equivariant, 3 * c_in, 3 * c_out, vn_generators(c_in), vn_generators(c_out),
-                               bias=True).double()
+    dense = DenseRelaxedLinear(
+        equivariant, 3 * c_in, 3 * c_out, vn_generators(c_in), vn_generators(c_out), bias=True
+    ).double()
     dense.free.load_state_dict(layer.free.state_dict())
     set_theta(dense, 0.7)
     dense.train()
@@ -256,8 +261,10 @@ def _published_lie_sq(weight: torch.Tensor, x: torch.Tensor, gens: torch.Tensor)
     stacked = torch.cat([flat @ g.T for g in gens], dim=-1)  # [B, P, 3 d]: generator-major
     wrongly_split = stacked.reshape(*flat.shape[:2], d, 3)  # component-major split
     out = flat @ weight.T
-    return sum(((wrongly_split[..., a] @ weight.T) - out @ gens_out.T).pow(2).sum()
-               for a, gens_out in enumerate(vn_generators(weight.shape[0] // 3)))
+    return sum(
+        ((wrongly_split[..., a] @ weight.T) - out @ gens_out.T).pow(2).sum()
+        for a, gens_out in enumerate(vn_generators(weight.shape[0] // 3))
+    )
 
 
 def test_published_reshape_or_a_wrong_generator_layout_would_fail_the_null_space_test():
@@ -270,8 +277,10 @@ def test_published_reshape_or_a_wrong_generator_layout_would_fail_the_null_space
     # 1. the published generator-major / component-major mix-up
     assert _published_lie_sq(weight, x, vn_generators(c_in)) > 1.0
     # 2. xyz-major generators kron(L_a, I_C) on channel-major vectors (a layout that does not agree)
-    wrong_in, wrong_out = (torch.stack([torch.kron(g, torch.eye(c, dtype=torch.float64)) for g in so3_generators()])
-                           for c in (c_in, c_out))
+    wrong_in, wrong_out = (
+        torch.stack([torch.kron(g, torch.eye(c, dtype=torch.float64)) for g in so3_generators()])
+        for c in (c_in, c_out)
+    )
     per_point = x.reshape(3, 3 * c_in, -1).transpose(1, 2)
     lie = weight @ wrong_in - wrong_out @ weight
     assert (per_point @ lie.transpose(1, 2)[:, None]).pow(2).sum() > 1.0
@@ -298,17 +307,29 @@ def test_direction_map_reuses_the_feature_maps_input_statistics():
 @pytest.mark.parametrize("name", MODELS)
 def test_two_epoch_relaxed_run_writes_an_ok_record(name, tmp_path):
     module, params = TINY[name]
-    cfg = validate_config({
-        "name": "vn-tiny",
-        "device": "cpu",
-        "seeds": [0],
-        "tasks": {"shapes": {"n_points": N_POINTS, "n_train_per_class": 2, "n_val_per_class": 1,
-                             "n_test_per_class": 1}},
-        "training": {"epochs": 2, "batch_size": 8, "equivariance_samples": 2, "equivariance_examples": 4},
-        "methods": {"relaxed": {}},
-        "models": {name: {"tasks": ["shapes"], "params": {k: list(v) if isinstance(v, tuple) else v
-                                                           for k, v in params.items()}}},
-    })
+    cfg = validate_config(
+        {
+            "name": "vn-tiny",
+            "device": "cpu",
+            "seeds": [0],
+            "tasks": {
+                "shapes": {
+                    "n_points": N_POINTS,
+                    "n_train_per_class": 2,
+                    "n_val_per_class": 1,
+                    "n_test_per_class": 1,
+                }
+            },
+            "training": {"epochs": 2, "batch_size": 8, "equivariance_samples": 2, "equivariance_examples": 4},
+            "methods": {"relaxed": {}},
+            "models": {
+                name: {
+                    "tasks": ["shapes"],
+                    "params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
+                }
+            },
+        }
+    )
     resolved = resolve_run(cfg, RunSpec("shapes", name, "relaxed", 0))
     record = train_run(resolved, tmp_path / "run", tmp_path / "data")
     assert record.status == "ok", record.reason

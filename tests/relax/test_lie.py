@@ -43,11 +43,14 @@ def block_scalar_map(irreps_in: o3.Irreps, irreps_out: o3.Irreps, gen: torch.Gen
     return lin(torch.eye(irreps_in.dim, dtype=F64)).t()  # [d_out, d_in]
 
 
-@pytest.mark.parametrize("irreps_in, irreps_out", [
-    ("4x0e + 3x1o", "2x0e + 5x1o"),
-    ("2x0e + 2x1o + 2x2e", "3x0e + 1x1o + 2x2e"),
-    ("1x1o + 1x1e + 2x2o", "2x1o + 1x2o + 1x3e"),
-])
+@pytest.mark.parametrize(
+    "irreps_in, irreps_out",
+    [
+        ("4x0e + 3x1o", "2x0e + 5x1o"),
+        ("2x0e + 2x1o + 2x2e", "3x0e + 1x1o + 2x2e"),
+        ("1x1o + 1x1e + 2x2o", "2x1o + 1x2o + 1x3e"),
+    ],
+)
 def test_zero_for_equivariant_irreps_maps_positive_for_random(irreps_in, irreps_out):
     gen = torch.Generator().manual_seed(0)
     irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
@@ -63,7 +66,9 @@ def test_zero_for_vector_neuron_maps_and_the_published_reshape_fails_that_test()
     gen = torch.Generator().manual_seed(1)
     c_in, c_out = 4, 3
     m = torch.randn(c_out, c_in, generator=gen, dtype=F64)
-    w_eq = torch.kron(m, torch.eye(3, dtype=F64))  # an equivariant VN linear map on (C, xyz) flattened vectors
+    w_eq = torch.kron(
+        m, torch.eye(3, dtype=F64)
+    )  # an equivariant VN linear map on (C, xyz) flattened vectors
     gin, gout = vn_generators(c_in), vn_generators(c_out)
     x = torch.randn(32, 3 * c_in, generator=gen, dtype=F64)
     ours = lie_derivative_sq(lambda v: v @ w_eq.t(), x, make_lie_action(gin, gout))

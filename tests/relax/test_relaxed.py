@@ -85,9 +85,16 @@ def dense_layer(bias: bool, fused: bool, gen):
     lin = o3.Linear(irreps_in, irreps_out).to(F64)
     from relaxbench.models._e3nn import linear_matrix
 
-    layer = DenseRelaxedLinear(lin, irreps_in.dim, irreps_out.dim, irreps_generators(irreps_in),
-                               irreps_generators(irreps_out), init_std=0.5, bias=bias,
-                               equivariant_matrix=(lambda: linear_matrix(lin)) if fused else None).to(F64)
+    layer = DenseRelaxedLinear(
+        lin,
+        irreps_in.dim,
+        irreps_out.dim,
+        irreps_generators(irreps_in),
+        irreps_generators(irreps_out),
+        init_std=0.5,
+        bias=bias,
+        equivariant_matrix=(lambda: linear_matrix(lin)) if fused else None,
+    ).to(F64)
     if bias:
         nn.init.normal_(layer.free.bias)
     x = torch.randn(6, 5, irreps_in.dim, generator=gen, dtype=F64)
@@ -107,7 +114,9 @@ def test_second_moment_penalties_equal_the_direct_definition(bias):
     assert sq.item() == pytest.approx((layer.free(x).pow(2).sum() / x.shape[0]).item(), rel=1e-10)
     action = make_lie_action(layer.gen_in, layer.gen_out)
     weight = layer.free.weight
-    assert ld.item() == pytest.approx(lie_derivative_sq(lambda v: v @ weight.t(), x, action).item(), rel=1e-10)
+    assert ld.item() == pytest.approx(
+        lie_derivative_sq(lambda v: v @ weight.t(), x, action).item(), rel=1e-10
+    )
 
 
 def test_fused_forward_equals_the_sum_of_branches():

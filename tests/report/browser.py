@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync", "--remote-debugging-pipe"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--remote-debugging-pipe",
+]
 LOCAL_SCHEMES = ("file:", "data:", "about:")
 
 
@@ -52,8 +60,13 @@ class Chromium:
             os.dup2(from_browser_w, 4)
 
         self.process = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"], pass_fds=(3, 4),
-            preexec_fn=wire_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            pass_fds=(3, 4),
+            preexec_fn=wire_fds,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""
@@ -61,7 +74,9 @@ class Chromium:
         self._events: list[dict[str, Any]] = []
         try:
             target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+                "sessionId"
+            ]
             for domain in ("Runtime", "Log", "Network", "Page"):
                 self.call(f"{domain}.enable", session=True)
         except BaseException:
@@ -81,7 +96,9 @@ class Chromium:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
 
-    def call(self, method: str, params: dict[str, Any] | None = None, session: bool = False) -> dict[str, Any]:
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, session: bool = False
+    ) -> dict[str, Any]:
         """Send one command and wait for its reply (events that arrive meanwhile are kept)."""
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
@@ -116,20 +133,28 @@ class Chromium:
             kind, params = event.get("method"), event.get("params", {})
             if kind == "Runtime.exceptionThrown":
                 details = params["exceptionDetails"]
-                load.errors.append(f"exception: {details.get('exception', {}).get('description', details['text'])}")
+                load.errors.append(
+                    f"exception: {details.get('exception', {}).get('description', details['text'])}"
+                )
             elif kind == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
-                load.errors.append("console: " + " ".join(str(a.get("value", a.get("description")))
-                                                          for a in params["args"]))
+                load.errors.append(
+                    "console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+                )
             elif kind == "Log.entryAdded" and params["entry"]["level"] == "error":
                 load.errors.append(f"log: {params['entry']['text']} {params['entry'].get('url', '')}")
-            elif kind == "Network.requestWillBeSent" and not params["request"]["url"].startswith(LOCAL_SCHEMES):
+            elif kind == "Network.requestWillBeSent" and not params["request"]["url"].startswith(
+                LOCAL_SCHEMES
+            ):
                 load.external_requests.append(params["request"]["url"])
         return load
 
     def evaluate(self, expression: str) -> Any:
         """Evaluate JavaScript in the page (promises awaited); a thrown error raises ``RuntimeError``."""
-        result = self.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
-                                                "returnByValue": True}, session=True)
+        result = self.call(
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            session=True,
+        )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
             raise RuntimeError(details.get("exception", {}).get("description", details["text"]))
@@ -137,12 +162,20 @@ class Chromium:
 
     def screenshot(self, path: Path, width: int = 1400, max_height: int = 12000) -> Path:
         """A PNG of the whole page at ``width`` CSS pixels (height up to ``max_height``)."""
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=True)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=True,
+        )
         height = min(int(self.evaluate("document.documentElement.scrollHeight")), max_height)
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
-        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=True)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=True,
+        )
+        data = self.call(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=True
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data["data"]))
         return path
@@ -160,7 +193,7 @@ class Chromium:
             os.close(self._from_browser)
             shutil.rmtree(self.profile, ignore_errors=True)
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -24,10 +24,17 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     write_standard_runs(root / "results" / CONFIG_NAME)
     config = root / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": CONFIG_NAME, "description": f"synthetic records {SCRIPT}", "seeds": [0, 1, 2],
-        "methods": {"equivariant": {}, "relaxed": {}}, "models": {"tfn": {"tasks": ["tetris"]}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": CONFIG_NAME,
+                "description": f"synthetic records {SCRIPT}",
+                "seeds": [0, 1, 2],
+                "methods": {"equivariant": {}, "relaxed": {}},
+                "models": {"tfn": {"tasks": ["tetris"]}},
+            }
+        )
+    )
     common = ["--config", str(config), "--results", str(root / "results")]
     assert main(["collect", *common]) == 0
     assert main(["report", *common, "--reports", str(root / "reports")]) == 0
@@ -81,7 +88,9 @@ def test_strings_from_configs_and_records_are_escaped(site):
         text = page.read_text("utf-8")
         assert "<script>alert" not in text, page.name
         assert text.count("<script>") == 1, page.name  # only the report's own sorting script
-    assert escape(f"synthetic records {SCRIPT}") in (out / "index.html").read_text("utf-8")  # description and reason
+    assert escape(f"synthetic records {SCRIPT}") in (out / "index.html").read_text(
+        "utf-8"
+    )  # description and reason
     run_page = (out / "runs" / "tetris--tfn--equivariant--seed0.html").read_text("utf-8")
     assert "&lt;script&gt;alert(" in run_page  # the run config's note
 
@@ -89,13 +98,37 @@ def test_strings_from_configs_and_records_are_escaped(site):
 def test_report_needs_collect_and_shows_missing_runs(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"name": "empty", "models": {"tfn": {"tasks": ["tetris"]}}}))
-    assert main(["report", "--config", str(config), "--results", str(tmp_path / "r"),
-                 "--reports", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "report",
+                "--config",
+                str(config),
+                "--results",
+                str(tmp_path / "r"),
+                "--reports",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "run `relaxbench collect` first" in capsys.readouterr().err
     assert main(["collect", "--config", str(config), "--results", str(tmp_path / "r")]) == 0  # missing runs
     assert "6 missing" in capsys.readouterr().out
-    assert main(["report", "--config", str(config), "--results", str(tmp_path / "r"),
-                 "--reports", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--config",
+                str(config),
+                "--results",
+                str(tmp_path / "r"),
+                "--reports",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     index = (tmp_path / "out" / "empty" / "index.html").read_text("utf-8")
     assert index.count('<span class="badge status-missing"') >= 6 and "0/3" in index
     assert not (tmp_path / "out" / "empty" / "figures").exists()
@@ -116,8 +149,10 @@ def test_formatting_helpers():
 def test_pages_render_in_chromium_without_errors(site, tmp_path):
     _, out = site
     broken = tmp_path / "broken.html"  # the harness itself sees errors, missing files and network requests
-    broken.write_text('<img src="missing.png"><img src="https://example.invalid/x.png">'
-                      '<script>console.error("boom"); undefinedFunction();</script>')
+    broken.write_text(
+        '<img src="missing.png"><img src="https://example.invalid/x.png">'
+        '<script>console.error("boom"); undefinedFunction();</script>'
+    )
     with Chromium() as browser:
         load = browser.open(broken)
         assert any("boom" in e for e in load.errors) and any("undefinedFunction" in e for e in load.errors)
@@ -130,8 +165,10 @@ def test_pages_render_in_chromium_without_errors(site, tmp_path):
             assert browser.evaluate("document.querySelectorAll('table.sortable th.sort-header').length") > 0
         load = browser.open(out / "index.html")
         # every figure decodes (lazy images are switched to eager first)
-        widths = browser.evaluate("Promise.all([...document.images].map(i => { i.loading = 'eager'; "
-                                  "return i.decode().then(() => i.naturalWidth); }))")
+        widths = browser.evaluate(
+            "Promise.all([...document.images].map(i => { i.loading = 'eager'; "
+            "return i.decode().then(() => i.naturalWidth); }))"
+        )
         assert len(widths) == 8 and min(widths) > 0
         # clicking a header sorts its table: test metric column of the first leaderboard, then reversed
         rows = "document.querySelector('table.leaderboard').tBodies[0].rows"

@@ -123,6 +123,7 @@ def test_bad_parameters_are_refused(tmp_path):
 
 # --- real-file loaders, on small files written here ----------------------------------------------------------
 
+
 def _write_idx(path, array: np.ndarray, compress: bool) -> None:
     header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", n) for n in array.shape)
     data = header + array.astype(np.uint8).tobytes()
@@ -169,7 +170,9 @@ def test_rotfmnist_rejects_a_corrupt_idx_file(tmp_path):
     _write_mnist_idx(source, 20, 20, compress=False)
     (source / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
     with pytest.raises(TaskError, match="not a valid IDX"):
-        RotFashionMNIST({"path": str(source), "n_train": 10, "n_val": 10, "n_test": 10}, tmp_path / "d").prepare()
+        RotFashionMNIST(
+            {"path": str(source), "n_train": 10, "n_val": 10, "n_test": 10}, tmp_path / "d"
+        ).prepare()
 
 
 def _write_amat(path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -197,8 +200,17 @@ def test_rotmnist_reads_amat_files(tmp_path, monkeypatch):
 
 def test_rotmnist_reads_plain_mnist_idx_and_rotates(tmp_path):
     _write_mnist_idx(tmp_path, 40, 20, compress=True)
-    task = RotMNIST({"path": str(tmp_path), "source": "idx", "n_train": 20, "n_val": 10, "n_test": 10,
-                     "test_rotations": 2}, tmp_path / "data")
+    task = RotMNIST(
+        {
+            "path": str(tmp_path),
+            "source": "idx",
+            "n_train": 20,
+            "n_val": 10,
+            "n_test": 10,
+            "test_rotations": 2,
+        },
+        tmp_path / "data",
+    )
     task.prepare()
     assert {s: len(v) for s, v in task.load_splits().items()} == {"train": 20, "val": 10, "test": 20}
 

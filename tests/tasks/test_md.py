@@ -15,9 +15,21 @@ from relaxbench.tasks.base import TaskError
 from relaxbench.tasks.md import MD, read_md17
 from relaxbench.train import train_run
 
-TINY_MODEL = {"hidden": "4x0e + 2x0o + 2x1o + 2x1e + 2x2e", "keys": "4x0e + 2x1o", "layers": 2, "attr_dim": 4,
-              "free_hidden": 8}
-TINY_XTB = {"n_frames": 30, "n_trajectories": 2, "stride": 2, "equilibration_steps": 0, "n_train": 20, "n_val": 5}
+TINY_MODEL = {
+    "hidden": "4x0e + 2x0o + 2x1o + 2x1e + 2x2e",
+    "keys": "4x0e + 2x1o",
+    "layers": 2,
+    "attr_dim": 4,
+    "free_hidden": 8,
+}
+TINY_XTB = {
+    "n_frames": 30,
+    "n_trajectories": 2,
+    "stride": 2,
+    "equilibration_steps": 0,
+    "n_train": 20,
+    "n_val": 5,
+}
 
 
 def write_md17(path, n=6, layout="MD17", seed=0):
@@ -50,8 +62,17 @@ def test_generator_keeps_the_molecule_intact_and_forces_are_minus_the_xtb_energy
     from ase.build import molecule
     from tblite.ase import TBLite
 
-    data = generate_md("CH3CH2OH", n_frames=4, n_trajectories=2, stride=5, equilibration_steps=10,
-                       temperature_k=500.0, timestep_fs=0.5, friction_per_fs=0.01, seed=0)
+    data = generate_md(
+        "CH3CH2OH",
+        n_frames=4,
+        n_trajectories=2,
+        stride=5,
+        equilibration_steps=10,
+        temperature_k=500.0,
+        timestep_fs=0.5,
+        friction_per_fs=0.01,
+        seed=0,
+    )
     ref = molecule("CH3CH2OH")
     assert data["z"].tolist() == ref.get_atomic_numbers().tolist()
     assert data["R"].shape == (4, 9, 3) and data["E"].shape == (4, 1) and data["F"].shape == (4, 9, 3)
@@ -79,8 +100,15 @@ def test_generator_keeps_the_molecule_intact_and_forces_are_minus_the_xtb_energy
 
 
 def test_generator_is_seeded():
-    kwargs = dict(n_frames=2, n_trajectories=1, stride=2, equilibration_steps=0, temperature_k=500.0,
-                  timestep_fs=0.5, friction_per_fs=0.01)
+    kwargs = dict(
+        n_frames=2,
+        n_trajectories=1,
+        stride=2,
+        equilibration_steps=0,
+        temperature_k=500.0,
+        timestep_fs=0.5,
+        friction_per_fs=0.01,
+    )
     a, b = generate_md("CH3CH2OH", seed=3, **kwargs), generate_md("CH3CH2OH", seed=3, **kwargs)
     c = generate_md("CH3CH2OH", seed=4, **kwargs)
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -106,7 +134,9 @@ def test_loaders_read_md17_and_rmd17_files(tmp_path, layout):
     train = splits["train"].tensors
     assert train["z"].dtype == torch.long and train["z"].shape == (4, 9)
     np.testing.assert_allclose(train["pos"].numpy(), written["R"][train_idx], rtol=1e-6)
-    np.testing.assert_allclose(train["energy"].numpy() + info["energy_shift_kcal_mol"], written["E"][train_idx])
+    np.testing.assert_allclose(
+        train["energy"].numpy() + info["energy_shift_kcal_mol"], written["E"][train_idx]
+    )
     np.testing.assert_allclose(train["forces"].numpy(), written["F"][train_idx], rtol=1e-6)
 
 
@@ -116,7 +146,9 @@ def test_bad_files_and_parameters_raise_task_error(tmp_path):
     np.savez(tmp_path / "wrong.npz", positions=np.zeros((2, 3, 3)))
     with pytest.raises(TaskError, match="expected MD17"):
         read_md17(tmp_path / "wrong.npz")
-    np.savez(tmp_path / "bad.npz", z=np.ones(3), R=np.zeros((2, 4, 3)), E=np.zeros((2, 1)), F=np.zeros((2, 3, 3)))
+    np.savez(
+        tmp_path / "bad.npz", z=np.ones(3), R=np.zeros((2, 4, 3)), E=np.zeros((2, 1)), F=np.zeros((2, 3, 3))
+    )
     with pytest.raises(TaskError, match="inconsistent shapes"):
         read_md17(tmp_path / "bad.npz")
     (tmp_path / "text.npz").write_text("not an archive")
@@ -130,7 +162,7 @@ def test_bad_files_and_parameters_raise_task_error(tmp_path):
     with pytest.raises(TaskError, match="does not know the molecule"):
         MD({**TINY_XTB, "molecule": "ethanol!"}, tmp_path / "d").prepare()
     with pytest.raises(TaskError, match="run prepare"):
-        MD({}, tmp_path / "e").force_scale
+        _ = MD({}, tmp_path / "e").force_scale
 
 
 def test_predict_gives_minus_energy_gradient_with_a_graph_only_in_training(tmp_path):
@@ -181,13 +213,17 @@ class _Potential(nn.Module):
 
 def test_group_action_rotates_forces_and_the_tester_flags_broken_symmetries(tmp_path):
     task = md_task(tmp_path)
-    batch = {k: v.double() if v.is_floating_point() else v for k, v in task.load_splits()["train"].head(3).items()}
+    batch = {
+        k: v.double() if v.is_floating_point() else v for k, v in task.load_splits()["train"].head(3).items()
+    }
     elements = task.sample_group(3, torch.Generator().manual_seed(0))
     assert all(g.exact and g.data["t"].norm() > 0 for g in elements)
 
     def error(f):
         model = _Potential(f).eval()
-        return equivariance_error(lambda b: task.predict(model, b), batch, elements, task.act, task.act_output).exact
+        return equivariance_error(
+            lambda b: task.predict(model, b), batch, elements, task.act, task.act_output
+        ).exact
 
     centred = lambda p: p - p.mean(dim=1, keepdim=True)  # noqa: E731
     assert error(lambda p: centred(p).pow(2).sum(-1, keepdim=True).sqrt()) < 1e-12  # E(3)-invariant
@@ -195,19 +231,32 @@ def test_group_action_rotates_forces_and_the_tester_flags_broken_symmetries(tmp_
     assert error(lambda p: p.pow(2)) > 1e-2  # rotation- but not translation-invariant
     g = elements[0]
     moved = task.act(g, batch)
-    torch.testing.assert_close(moved["forces"], task.act_output(g, {"energy": None, "forces": batch["forces"]})["forces"])
+    torch.testing.assert_close(
+        moved["forces"], task.act_output(g, {"energy": None, "forces": batch["forces"]})["forces"]
+    )
     torch.testing.assert_close(moved["z"], batch["z"][:, g.data["perm"]])
 
 
 def test_two_epoch_training_run_on_generated_data_writes_an_ok_record(tmp_path):
-    cfg = validate_config({
-        "name": "unit", "seeds": [0], "device": "cpu",
-        "training": {"epochs": 2, "batch_size": 10, "equivariance_samples": 2, "equivariance_examples": 2},
-        "methods": {"relaxed": {}},
-        "tasks": {"md": TINY_XTB},
-        "models": {"se3": {"arch": "se3_transformer", "tasks": ["md"], "params": TINY_MODEL}},
-    })
-    record = train_run(resolve_run(cfg, RunSpec("md", "se3", "relaxed", 0)), tmp_path / "run", tmp_path / "data")
+    cfg = validate_config(
+        {
+            "name": "unit",
+            "seeds": [0],
+            "device": "cpu",
+            "training": {
+                "epochs": 2,
+                "batch_size": 10,
+                "equivariance_samples": 2,
+                "equivariance_examples": 2,
+            },
+            "methods": {"relaxed": {}},
+            "tasks": {"md": TINY_XTB},
+            "models": {"se3": {"arch": "se3_transformer", "tasks": ["md"], "params": TINY_MODEL}},
+        }
+    )
+    record = train_run(
+        resolve_run(cfg, RunSpec("md", "se3", "relaxed", 0)), tmp_path / "run", tmp_path / "data"
+    )
     assert record.status == "ok", record.reason
     assert record.metric == "force_mae_kcal_mol_A" and record.family == "se3_transformer"
     assert {"loss", "force_mae_kcal_mol_A", "energy_mae_kcal_mol"} == set(record.test)

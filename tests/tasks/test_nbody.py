@@ -99,8 +99,12 @@ def write_reference_files(folder, n=4, frames=4, skip=()):
     for split in ("train", "val", "test"):
         loc = rng.standard_normal((n, frames, 3, 5))
         arrays[split] = loc
-        files = {"loc": loc, "vel": rng.standard_normal((n, frames, 3, 5)),
-                 "charges": rng.choice([-1.0, 1.0], (n, 5, 1)), "edges": np.zeros((n, 5, 5))}
+        files = {
+            "loc": loc,
+            "vel": rng.standard_normal((n, frames, 3, 5)),
+            "charges": rng.choice([-1.0, 1.0], (n, 5, 1)),
+            "edges": np.zeros((n, 5, 5)),
+        }
         for key, value in files.items():
             if (key, split) not in skip:
                 np.save(reference_file(folder, key, split), value)
@@ -171,7 +175,9 @@ def test_group_action_and_the_tester(tmp_path):
         return equivariance_error(f, batch, elements, task.act, task.act_output).exact
 
     assert error(lambda b: b["loc"] + 0.7 * b["vel"] * b["charges"]) < 1e-14
-    assert error(lambda b: b["loc"] * torch.tensor([1.0, 2.0, 3.0], dtype=b["loc"].dtype)) > 0.1  # not rotations
+    assert (
+        error(lambda b: b["loc"] * torch.tensor([1.0, 2.0, 3.0], dtype=b["loc"].dtype)) > 0.1
+    )  # not rotations
     assert error(lambda b: 2 * b["loc"]) > 0.1  # not translations
     assert error(lambda b: b["loc"] + b["vel"][:, :1]) > 0.1  # not permutations
     acted = task.act(elements[0], batch)

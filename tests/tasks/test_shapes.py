@@ -37,7 +37,7 @@ def test_clouds_are_centred_in_the_unit_ball_and_rotated():
     assert np.abs(pos.mean(axis=1)).max() < 1e-12
     np.testing.assert_allclose(np.linalg.norm(pos, axis=-1).max(axis=1), 1.0, atol=1e-12)
     # cylinders are generated along z; after the random rotation their axes point anywhere
-    cylinders = pos[CLASSES.index("cylinder") * 4:(CLASSES.index("cylinder") + 1) * 4]
+    cylinders = pos[CLASSES.index("cylinder") * 4 : (CLASSES.index("cylinder") + 1) * 4]
     axes = [np.linalg.eigh(np.cov(c.T))[1][:, -1] for c in cylinders]
     assert np.abs(np.array(axes)[:, 2]).min() < 0.9
 
@@ -69,8 +69,11 @@ def test_task_prepares_and_loads_splits(tmp_path):
     task = _prepared(tmp_path)
     splits = task.load_splits()
     n_classes = len(CLASSES)
-    assert {s: len(v) for s, v in splits.items()} == {"train": 3 * n_classes, "val": 2 * n_classes,
-                                                       "test": 2 * n_classes}
+    assert {s: len(v) for s, v in splits.items()} == {
+        "train": 3 * n_classes,
+        "val": 2 * n_classes,
+        "test": 2 * n_classes,
+    }
     assert splits["train"].tensors["pos"].shape == (3 * n_classes, 40, 3)
     assert splits["train"].tensors["pos"].dtype == torch.float32
     assert splits["test"].tensors["label"].dtype == torch.int64
@@ -83,15 +86,18 @@ def test_task_prepares_and_loads_splits(tmp_path):
     assert not torch.equal(splits["train"].tensors["pos"][:2], splits["test"].tensors["pos"][:2])
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"colour": 1}, "unknown parameter"),
-    ({"dataset": "shapenet"}, "dataset must be"),
-    ({"dataset": "modelnet40"}, "needs 'path'"),
-    ({"n_points": 0}, "n_points"),
-    ({"n_val_per_class": 0}, "n_val_per_class"),
-    ({"jitter": -0.1}, "jitter"),
-    ({"dataset": "modelnet40", "path": "/x", "n_points": 4096}, "2048 points"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"colour": 1}, "unknown parameter"),
+        ({"dataset": "shapenet"}, "dataset must be"),
+        ({"dataset": "modelnet40"}, "needs 'path'"),
+        ({"n_points": 0}, "n_points"),
+        ({"n_val_per_class": 0}, "n_val_per_class"),
+        ({"jitter": -0.1}, "jitter"),
+        ({"dataset": "modelnet40", "path": "/x", "n_points": 4096}, "2048 points"),
+    ],
+)
 def test_bad_parameters_are_rejected(tmp_path, params, message):
     with pytest.raises(TaskError, match=message):
         Shapes(params, tmp_path)
@@ -127,7 +133,10 @@ def test_modelnet40_loader_reads_h5_files(tmp_path):
     splits = task.load_splits()
     assert {s: len(v) for s, v in splits.items()} == {"train": 15, "val": 5, "test": 9}
     assert task.spec["num_classes"] == 40
-    assert json.loads((tmp_path / "data" / "DONE.json").read_text())["class_names"][:2] == ["class0", "class1"]
+    assert json.loads((tmp_path / "data" / "DONE.json").read_text())["class_names"][:2] == [
+        "class0",
+        "class1",
+    ]
     # every loaded cloud is a rotated copy of the first 16 points of a raw shape, with its label
     raw_train = np.concatenate([raw["train0"][0], raw["train1"][0]])[:, :16]
     raw_labels = np.concatenate([raw["train0"][1], raw["train1"][1]])[:, 0]
@@ -141,8 +150,9 @@ def test_modelnet40_loader_reads_h5_files(tmp_path):
             seen.append(match[0])
     assert sorted(seen) == list(range(20))  # train and val partition the training files
     test_raw = np.concatenate([raw["test0"][0], raw["test1"][0]])[:, :16]
-    np.testing.assert_allclose(_fingerprint(splits["test"].tensors["pos"].numpy()), _fingerprint(test_raw),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        _fingerprint(splits["test"].tensors["pos"].numpy()), _fingerprint(test_raw), atol=1e-5
+    )
     assert not np.allclose(splits["test"].tensors["pos"].numpy(), test_raw, atol=1e-3)  # rotated
     # seeded: preparing again gives the same files
     again = Shapes(params, tmp_path / "again")

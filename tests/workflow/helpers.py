@@ -23,12 +23,20 @@ def snakemake_env(extra_pythonpath: list[Path] = ()) -> dict[str, str]:
     return env
 
 
-def snakemake(*args: str, workdir: Path, check: bool = True, timeout: float = 600,
-              extra_pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:
+def snakemake(
+    *args: str, workdir: Path, check: bool = True, timeout: float = 600, extra_pythonpath: list[Path] = ()
+) -> subprocess.CompletedProcess:
     """``snakemake ARGS --directory WORKDIR`` from the repository root; stdout and stderr merged."""
     cmd = [sys.executable, "-m", "snakemake", *args, "--directory", str(workdir)]
-    out = subprocess.run(cmd, cwd=REPO, env=snakemake_env(extra_pythonpath), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    out = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=snakemake_env(extra_pythonpath),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited with {out.returncode}:\n{out.stdout[-6000:]}")
     return out

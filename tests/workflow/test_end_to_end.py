@@ -14,8 +14,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_smoke_config_runs_to_the_html_report(tmp_path):
-    snakemake("--cores", "2", "--configfile", "configs/smoke.yaml", "--workflow-profile", "workflow/profiles/default",
-              workdir=tmp_path, timeout=1800)
+    snakemake(
+        "--cores",
+        "2",
+        "--configfile",
+        "configs/smoke.yaml",
+        "--workflow-profile",
+        "workflow/profiles/default",
+        workdir=tmp_path,
+        timeout=1800,
+    )
     runs = expand_runs(load_config(REPO / "configs/smoke.yaml"))
     for run in runs:
         assert (tmp_path / run.path("smoke") / "record.json").exists()
@@ -24,7 +32,9 @@ def test_smoke_config_runs_to_the_html_report(tmp_path):
     assert (tmp_path / "reports/smoke/index.html").stat().st_size > 0
     out = snakemake("-n", "--configfile", "configs/smoke.yaml", workdir=tmp_path)
     assert "Nothing to be done" in out.stdout
-    snakemake("--report", str(tmp_path / "report.zip"), "--configfile", "configs/smoke.yaml", workdir=tmp_path)
+    snakemake(
+        "--report", str(tmp_path / "report.zip"), "--configfile", "configs/smoke.yaml", workdir=tmp_path
+    )
     with zipfile.ZipFile(tmp_path / "report.zip") as archive:
         names = archive.namelist()
     for packaged in ("/leaderboard.csv", "/aggregates.csv", "/index.html", "report/report.html"):

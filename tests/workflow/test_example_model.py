@@ -31,7 +31,10 @@ def task(tmp_path):
 @pytest.fixture
 def batch():
     pos = torch.from_numpy(SHAPES - SHAPES.mean(axis=1, keepdims=True))  # [8, 4, 3] float64
-    return {"pos": pos + 0.05 * torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=pos.dtype)}
+    return {
+        "pos": pos
+        + 0.05 * torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=pos.dtype)
+    }
 
 
 def build(relaxed, seed=0):
@@ -95,12 +98,32 @@ def test_model_tells_the_chiral_pair_apart(batch):
 def test_the_example_config_trains_the_user_model(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "examples"))  # what PYTHONPATH=examples does for the command line
     try:
-        assert main(["train", "--config", str(REPO / "examples/my_model.yaml"), "--task", "tetris",
-                     "--model", "my_point_classifier", "--method", "relaxed", "--seed", "0",
-                     "--results", str(tmp_path), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--config",
+                    str(REPO / "examples/my_model.yaml"),
+                    "--task",
+                    "tetris",
+                    "--model",
+                    "my_point_classifier",
+                    "--method",
+                    "relaxed",
+                    "--seed",
+                    "0",
+                    "--results",
+                    str(tmp_path),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     finally:
         sys.modules.pop("my_model", None)
-    record = json.loads((tmp_path / "my_model/runs/tetris/my_point_classifier/relaxed/seed0/record.json").read_text())
+    record = json.loads(
+        (tmp_path / "my_model/runs/tetris/my_point_classifier/relaxed/seed0/record.json").read_text()
+    )
     assert record["status"] == "ok"
     assert (record["arch"], record["family"]) == ("my_model:build", "tensor_field")
     assert record["params_free"] > 0 and record["equiv_final_exact"] < 1e-6

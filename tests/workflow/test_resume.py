@@ -28,8 +28,12 @@ CONFIG = {
     "tasks": {"tetris": {"n_train": 1, "n_val": 1, "n_test": 1}},
     "models": {
         "tfn": {"tasks": ["tetris"], "params": {"hidden": "4x0e + 4x0o + 2x1e + 2x1o", "layers": 2}},
-        "mine": {"arch": "my_model:build", "family": "tensor_field", "tasks": ["tetris"],
-                 "params": {"hidden": "4x0e + 4x0o + 2x1e + 2x1o", "n_radial": 3, "layers": 1}},
+        "mine": {
+            "arch": "my_model:build",
+            "family": "tensor_field",
+            "tasks": ["tetris"],
+            "params": {"hidden": "4x0e + 4x0o + 2x1e + 2x1o", "n_radial": 3, "layers": 1},
+        },
     },
 }
 
@@ -47,10 +51,27 @@ def run_and_kill_the_second_training_job(workdir, config):
 
     Returns ``(finished model, killed model)``.
     """
-    cmd = [sys.executable, "-m", "snakemake", "runs", *PROFILE, "--cores", "1", "--configfile", str(config),
-           "--directory", str(workdir)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=snakemake_env(EXAMPLES), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "runs",
+        *PROFILE,
+        "--cores",
+        "1",
+        "--configfile",
+        str(config),
+        "--directory",
+        str(workdir),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=snakemake_env(EXAMPLES),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     logs = workdir / "results/resume/logs/train/tetris"
     deadline = time.monotonic() + 300
     try:
@@ -74,12 +95,24 @@ def test_killed_job_reruns_alone_then_nothing_then_only_the_changed_model(tmp_pa
     assert not (run_dir(workdir, killed) / "record.json").exists()
 
     # the killed job (its outputs marked incomplete) is the only one planned, and then the only one run
-    out = snakemake("runs", "-n", *PROFILE, "--configfile", str(config), workdir=workdir, extra_pythonpath=EXAMPLES)
-    assert train_models(out.stdout) == [killed] and "data" not in {rule for rule, _ in planned_jobs(out.stdout)}
+    out = snakemake(
+        "runs", "-n", *PROFILE, "--configfile", str(config), workdir=workdir, extra_pythonpath=EXAMPLES
+    )
+    assert train_models(out.stdout) == [killed] and "data" not in {
+        rule for rule, _ in planned_jobs(out.stdout)
+    }
     # a killed snakemake leaves its lock behind: release it (as a user would), then resume
     snakemake("--unlock", "--configfile", str(config), workdir=workdir, extra_pythonpath=EXAMPLES)
-    out = snakemake("runs", *PROFILE, "--cores", "1", "--configfile", str(config), workdir=workdir,
-                    extra_pythonpath=EXAMPLES)
+    out = snakemake(
+        "runs",
+        *PROFILE,
+        "--cores",
+        "1",
+        "--configfile",
+        str(config),
+        workdir=workdir,
+        extra_pythonpath=EXAMPLES,
+    )
     assert train_models(out.stdout) == [killed]
     for model in ("tfn", "mine"):
         record = json.loads((run_dir(workdir, model) / "record.json").read_text())
@@ -87,14 +120,22 @@ def test_killed_job_reruns_alone_then_nothing_then_only_the_changed_model(tmp_pa
     assert record["arch"] == "my_model:build"
 
     # a finished grid: nothing to do
-    out = snakemake("runs", "-n", *PROFILE, "--configfile", str(config), workdir=workdir, extra_pythonpath=EXAMPLES)
+    out = snakemake(
+        "runs", "-n", *PROFILE, "--configfile", str(config), workdir=workdir, extra_pythonpath=EXAMPLES
+    )
     assert "Nothing to be done" in out.stdout
 
     # one model's parameter changes: only its run is planned (plus the leaderboard and the report)
     changed = json.loads(json.dumps(CONFIG))
     changed["models"]["mine"]["params"]["n_radial"] = 4
-    out = snakemake("-n", *PROFILE, "--configfile", str(write_config(tmp_path / "changed.yaml", changed)),
-                    workdir=workdir, extra_pythonpath=EXAMPLES)
+    out = snakemake(
+        "-n",
+        *PROFILE,
+        "--configfile",
+        str(write_config(tmp_path / "changed.yaml", changed)),
+        workdir=workdir,
+        extra_pythonpath=EXAMPLES,
+    )
     assert train_models(out.stdout) == ["mine"]
     assert sorted(rule for rule, _ in planned_jobs(out.stdout)) == ["all", "collect", "report", "train"]
     assert "params have changed since last execution" in out.stdout

@@ -11,7 +11,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from relaxbench import registry
-from relaxbench.config import ConfigError, SCHEMA_PATH, expand_runs, load_config, validate_config
+from relaxbench.config import SCHEMA_PATH, ConfigError, expand_runs, load_config, validate_config
 from relaxbench.methods import METHODS
 from tests.workflow.helpers import REPO, job_counts, load, planned_jobs, snakemake, write_config
 
@@ -30,13 +30,27 @@ def test_workflow_schema_is_the_package_schema():
 
 BAD = [
     # (change, text naming the problem in snakemake's message, in relaxbench's message)
-    (lambda c: c["training"].update(epoch=3), "'epoch' was unexpected", "at 'training': unknown key(s) ['epoch']"),
+    (
+        lambda c: c["training"].update(epoch=3),
+        "'epoch' was unexpected",
+        "at 'training': unknown key(s) ['epoch']",
+    ),
     (lambda c: c.update(seed=[0]), "'seed' was unexpected", "unknown key(s) ['seed']"),
-    (lambda c: c["training"].update(epochs="two"), "On instance['training']['epochs']", "at 'training.epochs'"),
-    (lambda c: c["models"]["tfn"].update(training={"lr": "fast"}), "On instance['models']['tfn']['training']['lr']",
-     "at 'models.tfn.training.lr'"),
-    (lambda c: c["methods"]["relaxed"].update(lambda_lie=-1), "On instance['methods']['relaxed']['lambda_lie']",
-     "at 'methods.relaxed.lambda_lie'"),
+    (
+        lambda c: c["training"].update(epochs="two"),
+        "On instance['training']['epochs']",
+        "at 'training.epochs'",
+    ),
+    (
+        lambda c: c["models"]["tfn"].update(training={"lr": "fast"}),
+        "On instance['models']['tfn']['training']['lr']",
+        "at 'models.tfn.training.lr'",
+    ),
+    (
+        lambda c: c["methods"]["relaxed"].update(lambda_lie=-1),
+        "On instance['methods']['relaxed']['lambda_lie']",
+        "at 'methods.relaxed.lambda_lie'",
+    ),
 ]
 
 
@@ -56,8 +70,9 @@ def test_schema_rejects_unknown_keys_and_wrong_types_naming_the_key(change, snak
 def test_the_workflow_stops_on_a_bad_config_naming_the_key(tmp_path):
     cfg = load("configs/smoke.yaml")
     cfg["models"]["tfn"]["paramz"] = {}
-    out = snakemake("-n", "--configfile", str(write_config(tmp_path / "bad.yaml", cfg)), workdir=tmp_path,
-                    check=False)
+    out = snakemake(
+        "-n", "--configfile", str(write_config(tmp_path / "bad.yaml", cfg)), workdir=tmp_path, check=False
+    )
     assert out.returncode != 0
     assert "'paramz' was unexpected" in out.stdout and "On instance['models']['tfn']" in out.stdout
 
@@ -66,8 +81,9 @@ def test_the_workflow_stops_on_a_bad_config_naming_the_key(tmp_path):
 def test_the_workflow_checks_model_parameters_before_any_job(tmp_path):
     cfg = load("configs/smoke.yaml")
     cfg["models"]["tfn"]["params"]["hiden"] = "4x0e"
-    out = snakemake("-n", "--configfile", str(write_config(tmp_path / "bad.yaml", cfg)), workdir=tmp_path,
-                    check=False)
+    out = snakemake(
+        "-n", "--configfile", str(write_config(tmp_path / "bad.yaml", cfg)), workdir=tmp_path, check=False
+    )
     assert out.returncode != 0
     assert "at 'models.tfn.params': unknown parameter(s) ['hiden']; choices:" in out.stdout
     assert not (tmp_path / "results").exists()
@@ -75,8 +91,9 @@ def test_the_workflow_checks_model_parameters_before_any_job(tmp_path):
 
 @pytest.mark.slow
 def test_the_workflow_refuses_overrides_the_jobs_would_not_see(tmp_path):
-    out = snakemake("-n", "--configfile", "configs/smoke.yaml", "--config", "seeds=[0,1]", workdir=tmp_path,
-                    check=False)
+    out = snakemake(
+        "-n", "--configfile", "configs/smoke.yaml", "--config", "seeds=[0,1]", workdir=tmp_path, check=False
+    )
     assert out.returncode != 0
     assert "differs from" in out.stdout and "['seeds']" in out.stdout
 
@@ -86,8 +103,13 @@ def test_dry_run_of_the_default_config_with_the_local_profile(tmp_path):
     runs = expand_runs(load_config(REPO / "configs/default.yaml"))
     n_data = len({r.task for r in runs})
     assert job_counts(out.stdout) == {"data": n_data, "train": len(runs), "collect": 1, "report": 1, "all": 1}
-    assert {r.method for r in runs} == {"equivariant", "relaxed", "relaxed_no_schedule", "relaxed_no_lie",
-                                        "relaxed_no_reg"}
+    assert {r.method for r in runs} == {
+        "equivariant",
+        "relaxed",
+        "relaxed_no_schedule",
+        "relaxed_no_lie",
+        "relaxed_no_reg",
+    }
     assert {r.seed for r in runs} == {0, 1, 2}
     assert "results/default/leaderboard.csv" in out.stdout and "reports/default" in out.stdout
 
@@ -97,20 +119,32 @@ def test_dry_run_of_the_smoke_config_covers_every_family_and_method(tmp_path):
     trains = [w for rule, w in planned_jobs(out.stdout) if rule == "train"]
     cfg = load_config(REPO / "configs/smoke.yaml")
     assert sorted((w["task"], w["model"], w["method"], int(w["seed"])) for w in trains) == [
-        (r.task, r.model, r.method, r.seed) for r in expand_runs(cfg)]
+        (r.task, r.model, r.method, r.seed) for r in expand_runs(cfg)
+    ]
     assert {w["method"] for w in trains} == set(METHODS)
     families = {registry.get_model(m["arch"]).family for m in cfg["models"].values()}
     assert {"gnn", "steerable_cnn", "se3_transformer", "vector_neurons"} <= families
     assert {w["seed"] for w in trains} == {"0"}
     # the jobs get the config file, their own folders and the config's threads
-    assert re.search(r"python -m relaxbench -v train --config \S*configs/smoke\.yaml --task tetris --model tfn "
-                     r"--method rpp --seed 0 --out results/smoke/runs/tetris/tfn/rpp/seed0 "
-                     r"--data-dir results/smoke/data/tetris/[0-9a-f]{16} --threads 1 --resume --quiet", out.stdout)
+    assert re.search(
+        r"python -m relaxbench -v train --config \S*configs/smoke\.yaml --task tetris --model tfn "
+        r"--method rpp --seed 0 --out results/smoke/runs/tetris/tfn/rpp/seed0 "
+        r"--data-dir results/smoke/data/tetris/[0-9a-f]{16} --threads 1 --resume --quiet",
+        out.stdout,
+    )
 
 
 def test_dry_run_of_the_paper_config_on_the_slurm_profile(tmp_path):
-    out = snakemake("-n", "--profile", "workflow/profiles/slurm", "--configfile", "configs/paper.yaml",
-                    "--cores", "8", workdir=tmp_path)
+    out = snakemake(
+        "-n",
+        "--profile",
+        "workflow/profiles/slurm",
+        "--configfile",
+        "configs/paper.yaml",
+        "--cores",
+        "8",
+        workdir=tmp_path,
+    )
     runs = expand_runs(load_config(REPO / "configs/paper.yaml"))
     n_data = len({r.task for r in runs})
     assert job_counts(out.stdout) == {"data": n_data, "train": len(runs), "collect": 1, "report": 1, "all": 1}
@@ -139,8 +173,11 @@ def test_every_config_writes_under_its_own_name():
 
 
 def test_rule_environment_pins_agree_with_the_lock_file():
-    lock = {line.split("==")[0].lower(): line.strip() for line in (REPO / "requirements.lock").read_text().splitlines()
-            if "==" in line and not line.startswith("#")}
+    lock = {
+        line.split("==")[0].lower(): line.strip()
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     env = yaml.safe_load((REPO / "workflow/envs/relaxbench.yaml").read_text())
     pins = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert pins
@@ -157,12 +194,18 @@ def test_snakemakes_report_packages_the_tables_and_the_html_report_with_captions
     (tmp_path / "reports/smoke/figures").mkdir(parents=True)
     (tmp_path / "reports/smoke/index.html").write_text('<html><body><img src="figures/a.svg"></body></html>')
     (tmp_path / "reports/smoke/figures/a.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
-    snakemake("--report", str(tmp_path / "report.zip"), "--configfile", "configs/smoke.yaml", workdir=tmp_path)
+    snakemake(
+        "--report", str(tmp_path / "report.zip"), "--configfile", "configs/smoke.yaml", workdir=tmp_path
+    )
     with zipfile.ZipFile(tmp_path / "report.zip") as archive:
         names = archive.namelist()
         html = archive.read("report/report.html").decode()
     for packaged in ("/leaderboard.csv", "/aggregates.csv", "/index.html", "/figures/a.svg"):
         assert any(name.endswith(packaged) for name in names), packaged
-    for caption in ("The leaderboard of config", "aggregates of config", "own HTML report of config",
-                    "relaxbench run of config"):
+    for caption in (
+        "The leaderboard of config",
+        "aggregates of config",
+        "own HTML report of config",
+        "relaxbench run of config",
+    ):
         assert caption in html
