@@ -36,7 +36,7 @@ from relaxbench import registry
 from relaxbench.config import run_hash
 from relaxbench.methods import Method, get_method
 from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
-from relaxbench.relax import free_parameters, relaxation_penalty, set_theta
+from relaxbench.relax import free_parameters, prior_penalty, relaxation_penalty, set_theta
 from relaxbench.symmetry import EquivarianceError, model_equivariance_error
 from relaxbench.tasks.base import Batch, Split, Task
 
@@ -170,14 +170,20 @@ def _save_torch(path: Path, obj: Any) -> None:
 
 def regulariser(model: nn.Module, method: Method, theta: float) -> tuple[torch.Tensor, dict[str, float]]:
     """The method's penalty for the last forward pass: ``lambda_lie * lie + lambda_norm * norm`` (times theta
-    for the ``lie_times_theta`` variant) plus ``free_l2 * ||free params||^2``; also the raw terms for logging."""
+    for the ``lie_times_theta`` variant) plus ``free_l2 * ||free params||^2``, plus the architecture's own weight
+    prior under every method (:mod:`relaxbench.relax.prior`, e.g. RSteer's smoothness); also the raw terms for
+    logging (``prior`` weighted, as it enters the loss)."""
     pen = relaxation_penalty(model, lie=method.lambda_lie > 0, norm=method.lambda_norm > 0, eps=method.eps)
     reg = method.lambda_lie * pen["lie"] + method.lambda_norm * pen["norm"]
     if method.lie_times_theta:
         reg = reg * theta
     if method.free_l2 > 0:
         reg = reg + method.free_l2 * sum(p.pow(2).sum() for p in free_parameters(model))
-    return reg, {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
+    prior = prior_penalty(model)
+    if prior is not None:
+        reg = reg + prior
+    terms = {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
+    return reg, {**terms, "prior": 0.0 if prior is None else prior.item()}
 
 
 class Trainer:
@@ -267,7 +273,7 @@ class Trainer:
         set_theta(self.model, theta)
         self.model.train()
         t0 = time.perf_counter()
-        sums = {"loss": 0.0, "task_loss": 0.0, "lie": 0.0, "norm": 0.0}
+        sums = {"loss": 0.0, "task_loss": 0.0, "lie": 0.0, "norm": 0.0, "prior": 0.0}
         n = 0
         limit = self.cfg["max_steps_per_epoch"]
         for step, batch in enumerate(
@@ -294,6 +300,7 @@ class Trainer:
             sums["task_loss"] += task_loss.item()
             sums["lie"] += terms["lie"]
             sums["norm"] += terms["norm"]
+            sums["prior"] += terms["prior"]
         row = {"epoch": epoch, "theta": theta, "lr": lr, **{k: v / max(n, 1) for k, v in sums.items()}}
         row["train_seconds"] = time.perf_counter() - t0
         return row

@@ -1,6 +1,7 @@
 """The paper's method, family-agnostic: theta schedules, relaxed layers, Lie-derivative penalties."""
 
 from relaxbench.relax.lie import FeatureAction, lie_derivative_sq, make_finite_action, make_lie_action
+from relaxbench.relax.prior import WeightPrior, prior_penalty
 from relaxbench.relax.relaxed import (
     RelaxedLayer,
     build_free,
@@ -16,6 +17,7 @@ __all__ = [
     "FeatureAction",
     "RelaxedLayer",
     "SCHEDULES",
+    "WeightPrior",
     "Schedule",
     "build_free",
     "free_parameters",
@@ -24,6 +26,7 @@ __all__ = [
     "make_lie_action",
     "make_schedule",
     "maybe_relax",
+    "prior_penalty",
     "relaxation_penalty",
     "relaxed_layers",
     "set_theta",

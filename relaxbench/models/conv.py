@@ -1,0 +1,42 @@
+"""``conv``: the plain CNN forecaster of smoke plumes (the Conv baseline of Wang et al.), no symmetry.
+
+``frames [B, T_in, 2, H, W]`` -> :class:`~relaxbench.models._plume.PlumeCNN` (``layers`` convolutions
+``kernel_size``, batch norm and ReLU between them) -> the next velocity field ``[B, 2, H, W]``.
+
+Parameters: ``layers`` (5), ``kernel_size`` (3), and the width: ``hidden`` channels, or by default (``hidden:
+null``) the width whose parameter count is closest to the ``equiv`` model with ``match_fields`` regular fields
+(8, equiv's default) and the same depth and kernel, so that Conv and Equiv rows compare at one parameter budget.
+It has no equivariant layer to relax: methods ``equivariant`` (plain training) and ``unconstrained``.
+"""
+
+from __future__ import annotations
+
+from relaxbench.models import _plume
+from relaxbench.models._plume import PlumeCNN, RelaxOptions
+
+__all__ = ["FAMILY", "build", "build_unconstrained"]
+
+FAMILY = "steerable_cnn"
+
+
+def build(
+    spec: dict,
+    relaxed: bool = False,
+    hidden: int | None = None,
+    layers: int = 5,
+    kernel_size: int = 3,
+    match_fields: int = 8,
+) -> PlumeCNN:
+    """The plain CNN for a plume spec (module docstring); ``relaxed`` is refused."""
+    _plume.check_spec(spec, "conv")
+    if relaxed:
+        raise ValueError(
+            "model 'conv' has no equivariant layers to relax; use the 'equivariant' or 'unconstrained' method"
+        )
+    if hidden is not None:
+        return PlumeCNN(spec["in_frames"], hidden, layers, kernel_size)
+    twin = _plume.c4_net(spec, _plume.r2conv, RelaxOptions(False), match_fields, layers, kernel_size, True)
+    return _plume.matched_cnn(spec, twin)
+
+
+build_unconstrained = build
