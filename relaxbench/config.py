@@ -41,8 +41,10 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 #: How a run's recorded metrics are computed. It is part of every run's settings (and so of its hash): bump it
 #: when a metric changes meaning, and Snakemake reruns finished runs instead of mixing old and new values in
 #: one leaderboard. 2: the equivariance error on test examples evenly spaced over the split (before: its first
-#: examples).
-METRIC_VERSION = 2
+#: examples). 3: the relative equivariance error divides by the RMS of the output's input-dependent part
+#: (``Task.input_dependent``; before: by ``||f(x)||``, diluted by constant offsets), and the absolute error is
+#: recorded beside it.
+METRIC_VERSION = 3
 
 
 class ConfigError(ValueError):

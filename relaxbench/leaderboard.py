@@ -104,6 +104,10 @@ LEAD_COLUMNS = [
     "equiv_init_approx",
     "equiv_final_exact",
     "equiv_final_approx",
+    "equiv_init_exact_abs",
+    "equiv_init_approx_abs",
+    "equiv_final_exact_abs",
+    "equiv_final_approx_abs",
     "equiv_dtype",
 ]
 TAIL_COLUMNS = [

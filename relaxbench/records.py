@@ -71,7 +71,9 @@ class RunRecord:
 
     Metrics of the *evaluated* model (projected to theta = 0 unless the method keeps its free branch) are
     dicts ``{metric_name: value}``, with ``"loss"`` among them; names carry their units (e.g. ``mse_pos``,
-    ``accuracy``, ``energy_mae_kcal_mol``). Equivariance errors are relative (dimensionless). ``exported``
+    ``accuracy``, ``energy_mae_kcal_mol``). Equivariance errors ``equiv_<when>_<kind>`` are relative to the
+    input-dependent part of the output (dimensionless, :mod:`relaxbench.symmetry`); ``equiv_<when>_<kind>_abs``
+    are the same errors in the output's units. ``exported``
     says whether the metrics came from the model's plain-torch export (``export_for_eval``).
     """
 
@@ -99,6 +101,10 @@ class RunRecord:
     equiv_init_approx: float | None = None
     equiv_final_exact: float | None = None
     equiv_final_approx: float | None = None
+    equiv_init_exact_abs: float | None = None
+    equiv_init_approx_abs: float | None = None
+    equiv_final_exact_abs: float | None = None
+    equiv_final_approx_abs: float | None = None
     equiv_dtype: str | None = None
     params_total: int = 0
     params_equivariant: int = 0

@@ -343,6 +343,13 @@ class Trainer:
                 )
 
 
+def _store_equivariance(record: RunRecord, when: str, err: EquivarianceError) -> None:
+    """``record.equiv_<when>_<exact|approx>`` (relative) and ``..._abs`` (absolute) from one evaluation."""
+    for kind in ("exact", "approx"):
+        setattr(record, f"equiv_{when}_{kind}", getattr(err, kind))
+        setattr(record, f"equiv_{when}_{kind}_abs", getattr(err, f"{kind}_abs"))
+
+
 def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRecord:
     return RunRecord(
         task=resolved["task"],
@@ -398,7 +405,7 @@ def train_run(
 
     set_theta(trainer.model, trainer.method.eval_theta(trainer.schedule(0)))
     init_err = trainer.equivariance_error()
-    record.equiv_init_exact, record.equiv_init_approx = init_err.exact, init_err.approx
+    _store_equivariance(record, "init", init_err)
 
     checkpoint = run_dir / "checkpoint.pt"
     if (resume or trainer.cfg["resume"]) and checkpoint.exists():
@@ -437,7 +444,7 @@ def train_run(
         t_eval = time.perf_counter()
         final = trainer.equivariance_error()
         record.eval_time_s = time.perf_counter() - t_eval
-        record.equiv_final_exact, record.equiv_final_approx = final.exact, final.approx
+        _store_equivariance(record, "final", final)
         record.equiv_dtype = final.dtype
         if trainer.method.relaxed and best_theta > 0 and eval_theta == 0:
             set_theta(trainer.model, best_theta)

@@ -123,6 +123,7 @@ def test_collect_keeps_every_run_with_status_and_provenance(results):
         "equiv_init_approx",
         "equiv_final_exact",
         "equiv_final_approx",
+        "equiv_final_exact_abs",
         "wall_time_s",
         "time_per_step_s",
         "version_torch",

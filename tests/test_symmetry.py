@@ -8,6 +8,7 @@ from relaxbench.models import tfn
 from relaxbench.symmetry import (
     EquivarianceError,
     GroupElement,
+    centred,
     equivariance_error,
     flatten_output,
     model_equivariance_error,
@@ -65,8 +66,45 @@ def test_exact_and_approximate_elements_are_reported_apart():
     noisy = GroupElement("g", False)
     act = lambda g, b: b if g.exact else {"v": b["v"] * 2}  # noqa: E731
     err = equivariance_error(lambda b: b["v"], x, [identity, noisy], act, lambda g, y: y)
-    assert err.exact == 0.0
-    assert err.approx == pytest.approx(1.0)
+    assert err.exact == 0.0 and err.exact_abs == 0.0
+    v = x["v"]
+    assert err.approx_abs == pytest.approx(float(v.norm(dim=1).mean()), rel=1e-12)
+    scale = float((v - v.mean(0)).pow(2).sum(1).mean().sqrt())
+    assert err.scale == pytest.approx(scale, rel=1e-12)
+    assert err.approx == pytest.approx(err.approx_abs / scale, rel=1e-12)
+
+
+class OffsetMLP(FlatMLP):
+    """FlatMLP scaled down by ``1e-6`` on top of a large constant logit offset (a head bias of ~1e3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("offset", torch.linspace(1e3, 2e3, 8))
+
+    def forward(self, batch):
+        return self.offset + 1e-6 * super().forward(batch)
+
+
+def test_constant_offset_does_not_dilute_the_error(task):
+    """The old yardstick ||f(x)|| reads ~1e-9 for OffsetMLP (it would pass a 1e-6 equivariance test); the
+    input-dependent part of its logits is all FlatMLP, so the error is FlatMLP's own, order 1."""
+    torch.manual_seed(0)
+    model = OffsetMLP()
+    batch = task.load_splits()["test"].head(4)
+    err = model_equivariance_error(model, task, batch, n_elements=4, seed=0)
+    fx = model(batch).detach()
+    old = err.exact_abs / float(fx.norm(dim=1).mean())
+    assert old < 1e-8
+    assert err.exact > 0.05
+    torch.manual_seed(0)
+    plain = model_equivariance_error(FlatMLP(), task, batch, n_elements=4, seed=0)
+    assert err.exact == pytest.approx(plain.exact, rel=1e-6)
+
+
+def test_centring_needs_two_examples():
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        centred(torch.ones(1, 3))
+    assert centred({"a": torch.tensor([[1.0], [3.0]])})["a"].tolist() == [[-1.0], [1.0]]
 
 
 def test_flatten_output_orders_dict_keys():
@@ -131,15 +169,12 @@ def test_batched_metric_equals_one_call_per_element(task):
     chunked = equivariance_error(f, batch, elements, task.act, task.act_output, max_batch=4)
     assert calls == [36, 4, 4, 4, 4, 4, 4, 4, 4, 4]
     fx = model(batch)
+    scale = (fx - fx.mean(0)).pow(2).sum(1).mean().sqrt()
     expected = (
-        torch.stack(
-            [
-                (model(task.act(g, batch)) - task.act_output(g, fx)).norm(dim=1) / fx.norm(dim=1)
-                for g in elements
-            ]
-        )
+        torch.stack([(model(task.act(g, batch)) - task.act_output(g, fx)).norm(dim=1) for g in elements])
         .amax(0)
         .mean()
+        / scale
     )
     assert whole.exact == pytest.approx(float(expected), rel=1e-12)
     assert chunked.exact == pytest.approx(float(expected), rel=1e-12)

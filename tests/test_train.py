@@ -20,6 +20,8 @@ METRICS_ONLY = (
     "gen_gap",
     "equiv_init_exact",
     "equiv_final_exact",
+    "equiv_init_exact_abs",
+    "equiv_final_exact_abs",
     "best_epoch",
     "test_metric_unprojected",
     "params_total",
@@ -47,6 +49,10 @@ def test_relaxed_run_writes_a_complete_record(tiny_config, tmp_path):
         record.equiv_final_exact < 1e-9 and record.equiv_init_exact < 1e-9
     )  # projected: exactly equivariant
     assert record.equiv_dtype == "float64"
+    assert 0 <= record.equiv_final_exact_abs < 1e-8 and record.equiv_init_exact_abs is not None
+    assert (
+        record.equiv_final_approx is None and record.equiv_final_approx_abs is None
+    )  # point data: all exact
     assert record.params_free > 0 and record.params_total == record.params_free + record.params_equivariant
     assert record.time_per_step_s > 0 and record.wall_time_s > 0 and record.steps == 3
     assert record.versions["torch"] and record.started_at and record.config_hash

@@ -217,7 +217,8 @@ def _task_sections(
             (
                 figures.equivariance_figure(runs, stage / f"figures/{name}-equivariance.png"),
                 "Equivariance error",
-                "Relative equivariance error mean_x max_g ||f(gx) − g f(x)|| / ||f(x)|| of "
+                "Relative equivariance error mean_x max_g ||f(gx) − g f(x)|| / s (s: RMS of the output's "
+                "input-dependent part, see Methods) of "
                 "the evaluated model at initialisation and at the end (log axis), exact and approximate symmetries "
                 f"apart; values below {figures.EQUIV_FLOOR:g} (exact zeros included) sit on the dotted line.",
             ),

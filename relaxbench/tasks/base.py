@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxbench.records import atomic_write_text
-from relaxbench.symmetry import GroupElement
+from relaxbench.symmetry import GroupElement, centred
 
 __all__ = ["Batch", "ClassificationTask", "Metric", "Split", "Task", "TaskError"]
 
@@ -152,6 +152,15 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def act_output(self, g: GroupElement, pred: Any) -> Any:
         """The group element acting on a prediction."""
+
+    def input_dependent(self, pred: Any, batch: Batch) -> Any:
+        """The part of a prediction ``pred`` (of the examples ``batch``) that depends on the input, same layout as
+        ``pred``: the yardstick of the relative equivariance error (:mod:`relaxbench.symmetry`), so that an
+        input-independent offset (a classifier's bias, a position the model adds back) cannot dilute it.
+
+        Default: ``pred`` centred over the batch's examples (needs at least 2). A task whose prediction adds an
+        input back overrides this (N-body: the predicted displacement ``pred - loc``)."""
+        return centred(pred)
 
 
 class ClassificationTask(Task):

@@ -284,5 +284,10 @@ class MD(Task):
     def act_output(self, g: GroupElement, pred: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"energy": pred["energy"], "forces": rotate(g, pred["forces"])}
 
+    def input_dependent(self, pred: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """The energy centred over the batch (an energy offset does not depend on the geometry) and the forces as
+        they are (a gradient of the energy, so free of any offset)."""
+        return {"energy": pred["energy"] - pred["energy"].mean(), "forces": pred["forces"]}
+
 
 TASK = MD

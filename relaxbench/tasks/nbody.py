@@ -201,5 +201,10 @@ class NBody(Task):
     def act_output(self, g: GroupElement, pred: Tensor) -> Tensor:
         return rotate(g, pred) + g.data["t"].to(pred)
 
+    def input_dependent(self, pred: Tensor, batch: Batch) -> Tensor:
+        """The predicted displacement ``pred - loc`` ``[B, 5, 3]`` (length units): a prediction is mostly the input
+        position it starts from, which says nothing about the model."""
+        return pred - batch["loc"]
+
 
 TASK = NBody

@@ -46,8 +46,13 @@ def error(model, task, batch):
     return model_equivariance_error(model, task, batch, n_elements=4, seed=0).exact
 
 
+#: Float64 tolerance of a model built in float32 and cast: 4e-11 of the logits' input-dependent part
+#: (5e-15 when built in float64; the head bias is ~80x that part, so ``||f(x)||`` would read 80x less).
+TOL = 1e-9
+
+
 def test_plain_model_is_invariant_to_rotations_and_point_order(task, batch):
-    assert error(build(False), task, batch) < 1e-12
+    assert error(build(False), task, batch) < TOL
 
 
 def test_projected_relaxed_model_equals_its_plain_twin_bit_for_bit(batch):
@@ -63,7 +68,7 @@ def test_relaxed_model_with_random_free_maps_is_not_invariant(task, batch):
     set_theta(model, 0.5)
     assert error(model, task, batch) > 1e-3
     set_theta(model, 0.0)
-    assert error(model, task, batch) < 1e-12
+    assert error(model, task, batch) < TOL
 
 
 def lie_terms(model, batch):
