@@ -98,7 +98,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from relaxbench.leaderboard import aggregate, collect, write_tables
 
     board = collect(Path(args.results) / cfg["name"], expected=expand_runs(cfg))
-    paths = write_tables(Path(args.results) / cfg["name"], board, aggregate(board))
+    paths = write_tables(Path(args.results) / cfg["name"], board, aggregate(board, **cfg["statistics"]))
     counts = ", ".join(f"{n} {s}" for s, n in board["status"].value_counts().items())
     print(f"{paths[0]}: {len(board)} runs ({counts}); {paths[1]}")
     return 0

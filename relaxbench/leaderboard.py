@@ -14,6 +14,11 @@ used in a statistic):
   (``scipy.stats.ttest_rel``), the Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, only from
   :data:`WILCOXON_MIN_PAIRS` pairs on: below that its smallest two-sided p-value exceeds 0.05) and the effect
   size Cohen's ``d_z = mean(d) / sd(d) = t / sqrt(n)``;
+* for the primary test metric also its power (:mod:`relaxbench.verdicts`): the minimum detectable effect of
+  the paired test (``_mde``, the metric's unit), the stated effect it should see (``_effect``: the config's
+  ``statistics.effect`` times the baseline's mean), the seeds that would see it (``_seeds_needed``), whether
+  the comparison had that power (``_powered``) and the verdict (``_verdict``: ``better``, ``worse``,
+  ``no difference above MDE`` or ``inconclusive``);
 * the rank within the task by mean primary test metric (direction-aware, 1 = best, ties share the lower
   rank) and whether an entry is *tied with the best*: a two-sided Welch t-test
   (``scipy.stats.ttest_ind(equal_var=False)``) of its ``ok`` runs against the best entry's gives
@@ -39,6 +44,7 @@ from scipy import stats
 
 from relaxbench.config import METRIC_VERSION, RunSpec
 from relaxbench.records import LeaderboardError, atomic_write_text, read_record
+from relaxbench.verdicts import EFFECT, POWER, minimum_detectable_effect, seeds_needed, verdict
 
 __all__ = [
     "ALPHA",
@@ -237,7 +243,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 def paired_difference(x: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
     """Paired comparison of ``x`` with ``baseline`` (same order, e.g. by seed): ``d = x - baseline``.
 
-    Returns ``n``, ``mean`` and 95 % CI of ``d``, ``p_ttest`` (paired t-test, two-sided), ``p_wilcoxon``
+    Returns ``n``, ``mean``, ``sd`` (ddof 1) and 95 % CI of ``d``, ``p_ttest`` (paired t-test, two-sided), ``p_wilcoxon``
     (signed-rank, two-sided; NaN below :data:`WILCOXON_MIN_PAIRS` pairs or when every ``d`` is 0) and
     ``dz`` (Cohen's d_z = t / sqrt(n) = mean(d) / sd(d)). The t-test and d_z are undefined (NaN) below two
     pairs and when ``d`` is constant up to rounding (sd(d) <= 1e-12 max|d|, where scipy would report a
@@ -251,14 +257,15 @@ def paired_difference(x: Sequence[float], baseline: Sequence[float]) -> dict[str
     out = {
         "n": n,
         "mean": float(np.mean(d)) if n else math.nan,
+        "sd": float(np.std(d, ddof=1)) if n >= 2 else math.nan,
         "ci_low": math.nan,
         "ci_high": math.nan,
         "p_ttest": math.nan,
         "p_wilcoxon": math.nan,
         "dz": math.nan,
     }
-    if n >= 2 and np.std(d, ddof=1) <= 1e-12 * np.max(np.abs(d)):
-        out.update(ci_low=out["mean"], ci_high=out["mean"])
+    if n >= 2 and out["sd"] <= 1e-12 * np.max(np.abs(d)):
+        out.update(sd=0.0, ci_low=out["mean"], ci_high=out["mean"])
     elif n >= 2:
         res = _quiet_stats(stats.ttest_rel, x, baseline)
         ci = res.confidence_interval(CONFIDENCE)
@@ -293,7 +300,34 @@ def _not_ok_summary(runs: pd.DataFrame) -> str:
     )
 
 
-def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+def _power_columns(
+    row: dict, baseline_mean: float, lower_is_better: bool, alpha: float, effect: float, power: float
+) -> dict:
+    """The power analysis and verdict of a row's paired test-metric comparison (NaN / empty for the baseline
+    itself and where the baseline has no ``ok`` run)."""
+    prefix = f"test_metric_vs_{BASELINE}"
+    if math.isnan(baseline_mean):
+        return _prefixed(prefix, dict.fromkeys(("mde", "effect", "seeds_needed", "powered", "verdict")))
+    n, sd = row[f"{prefix}_n"], row[f"{prefix}_sd"]
+    target = effect * abs(baseline_mean)
+    mde = minimum_detectable_effect(sd, n, alpha, power)
+    return _prefixed(
+        prefix,
+        {
+            "mde": mde,
+            "effect": target,
+            "seeds_needed": seeds_needed(sd, target, alpha, power),
+            "powered": bool(mde <= target),
+            "verdict": verdict(
+                row[f"{prefix}_mean"], sd, n, row[f"{prefix}_p_ttest"], mde, target, lower_is_better, alpha
+            ),
+        },
+    )
+
+
+def aggregate(
+    board: pd.DataFrame, alpha: float = ALPHA, effect: float = EFFECT, power: float = POWER
+) -> pd.DataFrame:
     """One row per task x model x method of a :func:`collect` table: counts, summaries, paired tests, ranks.
 
     Columns: ``task, model, method, family, metric, metric_unit, lower_is_better``; ``n_total, n_ok,
@@ -301,6 +335,9 @@ def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     ``<q>_n/_mean/_std/_ci_low/_ci_high`` for every ``q`` in :data:`QUANTITIES`;
     ``<q>_vs_equivariant_n/_mean/_ci_low/_ci_high/_p_ttest/_p_wilcoxon/_dz`` for ``q`` in
     :data:`PAIRED_QUANTITIES` (NaN for the baseline itself and where it has no ``ok`` run);
+    ``test_metric_vs_equivariant_mde/_effect/_seeds_needed/_powered/_verdict`` (:func:`_power_columns`;
+    ``effect`` is the stated effect as a fraction of the baseline's mean test metric, ``power`` the power
+    the comparisons are planned for);
     ``rank, is_best, tied_with_best, p_vs_best`` within the task (see the module docstring).
     """
     ok = board[board["status"] == "ok"]
@@ -334,6 +371,9 @@ def aggregate(board: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
                 continue
             pairs = good[["seed", q]].merge(base[["seed", q]], on="seed", suffixes=("", "_base")).dropna()
             row.update(_prefixed(prefix, paired_difference(pairs[q], pairs[f"{q}_base"])))
+        lower = task not in meta.index or bool(meta.at[task, "lower_is_better"])
+        baseline_mean = float(base["test_metric"].mean()) if method != BASELINE and len(base) else math.nan
+        row.update(_power_columns(row, baseline_mean, lower, alpha, effect, power))
         rows.append(row)
     agg = pd.DataFrame(rows)
     agg["rank"], agg["is_best"], agg["tied_with_best"], agg["p_vs_best"] = math.nan, False, False, math.nan

@@ -28,6 +28,8 @@ def test_valid_config_fills_defaults(tiny_config):
     resolved = resolve_run(cfg, runs[1])
     assert resolved["training"]["epochs"] == 2 and resolved["training"]["lr"] == 0.001
     assert resolved["method_params"]["schedule"] == "triangle"
+    assert cfg["statistics"] == {"effect": 0.05, "power": 0.8}
+    assert validate_config({**tiny_config, "statistics": {"effect": 0.1}})["statistics"]["power"] == 0.8
 
 
 def test_model_training_overrides_and_hash_changes_only_for_that_model(tiny_config):
@@ -82,6 +84,9 @@ BAD = [
         "at 'tasks.tetris': unknown parameter(s) ['n_trian']; choices",
     ),
     (lambda c: c.pop("models"), "'models' is a required property"),
+    (lambda c: c.update(statistics={"effect": 0}), "statistics.effect"),
+    (lambda c: c.update(statistics={"power": 1.0}), "statistics.power"),
+    (lambda c: c.update(statistics={"alpha": 0.1}), "unknown key(s) ['alpha']; choices: ['effect', 'power']"),
 ]
 
 

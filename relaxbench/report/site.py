@@ -28,8 +28,10 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from relaxbench.leaderboard import ALPHA, BASELINE, CONFIDENCE, WILCOXON_MIN_PAIRS, read_tables
+from relaxbench.methods import METHODS
 from relaxbench.records import RunRecord, read_record
 from relaxbench.report import figures
+from relaxbench.verdicts import EFFECT, POWER, VERDICTS
 
 __all__ = ["build_report"]
 
@@ -181,6 +183,39 @@ def _methods_used(records: Mapping[str, RunRecord]) -> list[dict[str, Any]]:
     return [{**e, "models": sorted(e["models"])} for _, e in sorted(seen.items())]
 
 
+def _summary(agg: pd.DataFrame) -> dict[str, Any]:
+    """The report's first screen: one row per task x model, one column per method other than the baseline,
+    each cell that comparison's verdict, difference and CI and power (``None`` where the model did not run
+    the method); and how many comparisons had the power to see the stated effect."""
+    prefix = f"test_metric_vs_{BASELINE}"
+    compared = agg[(agg["method"] != BASELINE) & agg[f"{prefix}_verdict"].notna()]
+    order = list(METHODS) + sorted(set(compared["method"]) - set(METHODS))
+    methods = sorted(compared["method"].unique(), key=order.index)
+    rows = []
+    for (task, model), entries in compared.groupby(["task", "model"], sort=True):
+        by_method = {e["method"]: _nan_to_none(e) for e in entries.to_dict("records")}
+        first = next(iter(by_method.values()))
+        rows.append(
+            {
+                "task": task,
+                "model": model,
+                "anchor": f"task-{slug(task)}",
+                "metric": first["metric"],
+                "unit": first["metric_unit"],
+                "lower_is_better": first["lower_is_better"] in (None, True),
+                "cells": [by_method.get(m) for m in methods],
+            }
+        )
+    verdicts = compared[f"{prefix}_verdict"].value_counts().to_dict()
+    return {
+        "methods": methods,
+        "rows": rows,
+        "n_comparisons": len(compared),
+        "n_powered": int(compared[f"{prefix}_powered"].astype(bool).sum()),
+        "verdicts": {v: int(verdicts.get(v, 0)) for v in VERDICTS},
+    }
+
+
 def _task_sections(
     board: pd.DataFrame,
     agg: pd.DataFrame,
@@ -311,6 +346,9 @@ def build_report(
             config_json=json.dumps(config, indent=2, sort_keys=True, default=str) if config else None,
             counts=counts,
             n_runs=len(board),
+            summary=_summary(agg),
+            effect=(config or {}).get("statistics", {}).get("effect", EFFECT),
+            power=(config or {}).get("statistics", {}).get("power", POWER),
             sections=_task_sections(board, agg, histories, pages, stage),
             provenance=_provenance(board),
             methods=_methods_used(records),

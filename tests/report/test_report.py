@@ -6,6 +6,7 @@ import math
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from markupsafe import escape
@@ -134,6 +135,25 @@ def test_report_needs_collect_and_shows_missing_runs(tmp_path, capsys):
     assert not (tmp_path / "out" / "empty" / "figures").exists()
 
 
+def test_report_opens_with_the_verdict_of_every_comparison(site):
+    results, out = site
+    index = (out / "index.html").read_text("utf-8")
+    answer = index[index.index('<section id="answer">') : index.index("</section>")]
+    assert index.index('<section id="answer">') < index.index('<section class="task"')
+    # three comparisons (tetris/tfn, tetris/vn, toy_acc/tfn: relaxed against equivariant), one column
+    assert answer.count('class="verdict-cell"') == 3 and "<th>relaxed − equivariant</th>" in answer
+    agg = pd.read_csv(results / "aggregates.csv")
+    compared = agg[agg["method"] != "equivariant"]
+    powered = int(compared["test_metric_vs_equivariant_powered"].astype(bool).sum())
+    assert f"{powered} of 3 comparisons powered" in answer
+    for verdict in compared["test_metric_vs_equivariant_verdict"]:
+        assert f'class="badge verdict-{verdict.replace(" ", "-")}">{verdict}<' in answer
+    # tetris/tfn: n = 2 pairs, underpowered: says what it cannot see and how many seeds would
+    row = compared[(compared["task"] == "tetris") & (compared["model"] == "tfn")].iloc[0]
+    assert row["test_metric_vs_equivariant_verdict"] == "inconclusive"
+    assert f"n = 2 cannot see differences below {fmt_num(row['test_metric_vs_equivariant_mde'], 2)}" in answer
+
+
 def test_formatting_helpers():
     assert fmt_num(float("nan")) == "–" and fmt_num(None) == "–"
     assert fmt_num(0.123456) == "0.1235" and fmt_num(-2.5e-7) == "-2.5e-07" and fmt_num(3.0) == "3"
@@ -170,6 +190,10 @@ def test_pages_render_in_chromium_without_errors(site, tmp_path):
             "return i.decode().then(() => i.naturalWidth); }))"
         )
         assert len(widths) == 8 and min(widths) > 0
+        # the first screen is the answer: its table is the first table of the page, above the fold
+        first = browser.evaluate("document.querySelector('table').closest('section').id")
+        top = browser.evaluate("document.querySelector('#answer table').getBoundingClientRect().top")
+        assert first == "answer" and top < 900
         # clicking a header sorts its table: test metric column of the first leaderboard, then reversed
         rows = "document.querySelector('table.leaderboard').tBodies[0].rows"
         column = f"Array.from({rows}).map(r => r.cells[4].dataset.v)"
