@@ -7,16 +7,17 @@ permutations of the points.
 1. Embedding: each point sees the others through spherical harmonics ``Y(r_ij)`` (``l <= l_max``) times a
    radial basis of ``|r_ij|`` (``n_radial`` functions), averaged over ``j``: irreps
    ``n_radial x (0e + 1o + 2e + ...)``.
-2. ``layers`` blocks, each ``relaxed_linear`` (irreps_in -> hidden) -> tensor square of the result (pairs of
+2. ``layers`` blocks, each a relaxable ``o3.Linear`` (irreps_in -> hidden) -> tensor square of the result (pairs of
    features multiply, so pseudo-tensors such as cross and triple products appear and the model can tell
    the chiral pair apart; ``hidden`` needs odd-parity irreps for that) -> gated nonlinearity (irreps
    ``hidden``).
 3. Readout: the scalars (``0e`` and ``0o``, both invariant under rotations) averaged over the points, then a
    plain ``Linear`` to the classes.
 
-The relaxation hook is ``relaxbench.models._e3nn.relaxed_linear(relaxed, irreps_in, irreps_out)``: a plain
-``e3nn.o3.Linear`` when ``relaxed`` is false; otherwise that linear map plus a free dense branch
-``theta * W x`` whose Lie-derivative and norm penalties the trainer adds. That is all a model needs to take
+The relaxation goes through the e3nn family's verb, ``relaxbench.families.irreps.relax(o3.Linear(...),
+relaxed)``: the ``e3nn.o3.Linear`` itself when ``relaxed`` is false; otherwise that linear map plus a free dense
+branch ``theta * W x`` whose Lie-derivative and norm penalties the trainer adds.
+``tests/workflow/test_example_model.py`` checks the model with the contract of ``relaxbench.testing``. That is all a model needs to take
 part in every method (``equivariant``, ``relaxed`` and its ablations, ``rpp``, ``unconstrained``).
 """
 
@@ -25,32 +26,23 @@ from __future__ import annotations
 import torch
 from e3nn import o3
 from e3nn.math import soft_one_hot_linspace
-from e3nn.nn import Gate
 from torch import Tensor, nn
 
-from relaxbench.models._e3nn import relaxed_linear
+from relaxbench.families import irreps
 
 __all__ = ["PointClassifier", "build"]
 
 
 class _Block(nn.Module):
-    """``relaxed_linear`` -> tensor square -> gate.
+    """relaxable ``o3.Linear`` -> tensor square -> gate.
 
     Per-point features ``[B, P, irreps_in.dim] -> [B, P, irreps_out.dim]`` (``irreps_out`` = ``hidden``).
     """
 
     def __init__(self, irreps_in: o3.Irreps, hidden: o3.Irreps, relaxed: bool) -> None:
         super().__init__()
-        scalars = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l == 0])
-        gated = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l > 0])
-        self.gate = Gate(
-            scalars,
-            [torch.relu if ir.p == 1 else torch.tanh for _, ir in scalars],
-            f"{gated.num_irreps}x0e",
-            [torch.sigmoid],
-            gated,
-        )
-        self.linear = relaxed_linear(relaxed, irreps_in, hidden)
+        self.gate = irreps.gate(hidden, even=torch.relu)  # relu on 0e, tanh on 0o, sigmoid gates on l > 0
+        self.linear = irreps.relax(o3.Linear(irreps_in, hidden), relaxed)  # the relaxable map
         self.square = o3.FullyConnectedTensorProduct(hidden, hidden, self.gate.irreps_in)
         self.irreps_out = self.gate.irreps_out
 

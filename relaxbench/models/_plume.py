@@ -20,7 +20,7 @@ from escnn import gspaces
 from escnn import nn as enn
 from torch import Tensor, nn
 
-from relaxbench.models._escnn import RelaxedR2Conv
+from relaxbench.families import fields
 
 __all__ = [
     "SYMMETRIES",
@@ -131,7 +131,7 @@ def c4_types(in_frames: int, hidden: int) -> tuple[enn.FieldType, enn.FieldType,
 @dataclass(frozen=True)
 class RelaxOptions:
     """Whether and how every convolution of a steerable stack is relaxed (the paper's free ``Conv2d`` beside
-    it, :class:`~relaxbench.models._escnn.RelaxedR2Conv` with the 90-degree rotation as penalty generator).
+    it, :class:`~relaxbench.families.fields.RelaxedR2Conv` with the 90-degree rotation as penalty generator).
 
     Attributes:
         relaxed: build the relaxed layers (``False``: the plain convolutions themselves).
@@ -144,9 +144,7 @@ class RelaxOptions:
     penalty_examples: int | None = 4
 
     def wrap(self, conv: enn.R2Conv) -> enn.EquivariantModule:
-        if not self.relaxed:
-            return conv
-        return RelaxedR2Conv(conv, "grid", self.free_init_std, self.penalty_examples)
+        return fields.relax(conv, self.relaxed, "grid", self.free_init_std, self.penalty_examples)
 
 
 def steerable_stack(
@@ -172,7 +170,7 @@ def steerable_stack(
 
 def r2conv(in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, padding: int) -> enn.R2Conv:
     """escnn's ``R2Conv`` with ``recompute=True`` (no kernel basis shared between models, see
-    :func:`relaxbench.models._escnn.relaxed_r2conv`)."""
+    :func:`relaxbench.families.fields.relax`)."""
     return enn.R2Conv(in_type, out_type, kernel_size, padding=padding, recompute=True)
 
 

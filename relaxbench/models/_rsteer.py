@@ -23,7 +23,7 @@ positions ``s`` and ``s + 1`` of the row-major flattened kernel, which pairs the
 of the next).
 
 ``RSteerConv`` is an ``R2Conv`` (it overrides only :meth:`~RSteerConv.expand_parameters`), so escnn's
-eval-mode filter cache, ``export()`` and relaxbench's :class:`~relaxbench.models._escnn.RelaxedR2Conv` (the
+eval-mode filter cache, ``export()`` and relaxbench's :class:`~relaxbench.families.fields.RelaxedR2Conv` (the
 paper's free ``Conv2d`` beside the layer) work on it unchanged.
 """
 

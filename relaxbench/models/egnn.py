@@ -20,7 +20,7 @@ linear map ``sum_c a_c u_c`` with fixed ``a = (0, 0, 1, 1)`` on the per-particle
 ``theta * W u`` with a dense ``W: R^12 -> R^3`` shared by all particles (init ``N(0, 1e-4)``), so the free branch
 sees the raw centred state and the equivariant messages; it breaks rotations only (translations and
 permutations stay exact). The Lie-derivative penalty uses the so(3) generators acting on each of the four
-vectors, and the forward is fused into one ``[12, 3]`` matrix (:mod:`relaxbench.models._vectors`).
+vectors, and the forward is fused into one ``[12, 3]`` matrix (:mod:`relaxbench.families.vectors`).
 """
 
 from __future__ import annotations
@@ -28,22 +28,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from relaxbench.models._vectors import VectorMix, relaxed_vector_mix
+from relaxbench.families import vectors
+from relaxbench.families.blocks import fully_connected_edges
 
-__all__ = ["EGNN", "FAMILY", "build", "fully_connected_edges"]
+__all__ = ["EGNN", "FAMILY", "build"]
 
 FAMILY = "gnn"
-
-
-def fully_connected_edges(n: int) -> tuple[Tensor, Tensor]:
-    """``(receivers, senders)`` of the ``n (n - 1)`` directed edges ``j -> i``, ``j != i``, grouped by receiver.
-
-    Edge ``k`` has receiver ``k // (n - 1)``, so a ``[..., n (n - 1), F]`` edge tensor reshapes to
-    ``[..., n, n - 1, F]`` for aggregation over senders.
-    """
-    receivers = torch.arange(n).repeat_interleave(n - 1)
-    senders = torch.tensor([j for i in range(n) for j in range(n) if j != i], dtype=torch.long)
-    return receivers, senders
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, final_act: bool = False) -> nn.Sequential:
@@ -61,7 +51,7 @@ class EGNNLayer(nn.Module):
         nn.init.xavier_uniform_(self.phi_x[-1].weight, gain=0.001)
         self.phi_v = _mlp(hidden, hidden, 1)
         self.phi_h = _mlp(2 * hidden, hidden, hidden)
-        self.update = relaxed_vector_mix(relaxed, VectorMix([0, 0, 1, 1], [False] * 4), free_init_std)
+        self.update = vectors.relax(vectors.VectorMix([0, 0, 1, 1], [False] * 4), relaxed, free_init_std)
 
     def forward(self, h: Tensor, x: Tensor, v: Tensor, edge_attr: Tensor, receivers: Tensor, senders: Tensor):
         b, n, _ = x.shape

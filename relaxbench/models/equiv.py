@@ -7,7 +7,7 @@ followed by ``InnerBatchNorm`` (if ``batch_norm``) and ReLU. Returns the next ve
 exactly C4-equivariant on a square grid (up to escnn's float32 kernel basis).
 
 Relaxed (``relaxed=True``, the paper's method): every ``R2Conv`` becomes a
-:class:`~relaxbench.models._escnn.RelaxedR2Conv` (a free bias-free ``Conv2d`` over all channels beside it,
+:class:`~relaxbench.families.fields.RelaxedR2Conv` (a free bias-free ``Conv2d`` over all channels beside it,
 scaled by theta; Lie penalty with the 90-degree rotation). The method ``rpp`` (free branch always on, L2 on
 it) is the RPP baseline of Wang et al.; ``unconstrained`` builds :func:`build_unconstrained`.
 

@@ -9,7 +9,7 @@ symmetry breaking of the data (Wang et al.'s Lift_Rot_Expansion, with its JetFlo
 task's size).
 
 Relaxed (``relaxed=True``): every ``R2Conv`` of the backbone gets the paper's free ``Conv2d``
-(:class:`~relaxbench.models._escnn.RelaxedR2Conv`).
+(:class:`~relaxbench.families.fields.RelaxedR2Conv`).
 
 Parameters (CPU-scale defaults): ``hidden`` regular fields (8), ``layers`` (5, at least 3), ``kernel_size`` (3),
 ``encoder_hidden`` (16), ``lift_fields`` (``null``: ``max(1, hidden // 4)``, as published), ``batch_norm``

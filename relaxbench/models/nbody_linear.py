@@ -5,7 +5,7 @@ to rotations, translations and particle permutations. The EGNN paper reports 0.0
 charged N-body task. ``w`` starts at 0 (it is a time span, about 1 in the simulator's units for 10 frames).
 
 Relaxed: ``x + w v + theta W [x - xbar, v]`` with a dense free ``W: R^6 -> R^3`` shared by the particles (the same
-hook as EGNN, :mod:`relaxbench.models._vectors`), i.e. the drift ``w v`` is the equivariant map
+family as EGNN, :mod:`relaxbench.families.vectors`), i.e. the drift ``w v`` is the equivariant map
 ``kron((0, w), I_3)`` on the per-particle vector channels ``[x - xbar, v]``.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from relaxbench.models._vectors import VectorMix, relaxed_vector_mix
+from relaxbench.families import vectors
 
 __all__ = ["FAMILY", "LinearDrift", "build"]
 
@@ -24,7 +24,7 @@ FAMILY = "baseline"
 class LinearDrift(nn.Module):
     def __init__(self, relaxed: bool, free_init_std: float) -> None:
         super().__init__()
-        self.drift = relaxed_vector_mix(relaxed, VectorMix([0.0, 0.0], [False, True]), free_init_std)
+        self.drift = vectors.relax(vectors.VectorMix([0.0, 0.0], [False, True]), relaxed, free_init_std)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         x, v = batch["loc"], batch["vel"]

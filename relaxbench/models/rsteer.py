@@ -8,7 +8,7 @@ coefficients (:meth:`RSteerNet.tie_`, or at initialisation) the network is exact
 network; ``alpha -> infinity`` forces that.
 
 ``relaxed=True`` puts the paper's free ``Conv2d`` beside every RSteer layer
-(:class:`~relaxbench.models._escnn.RelaxedR2Conv`): RSteer + the ``relaxed`` method is the paper's "Ours" row
+(:class:`~relaxbench.families.fields.RelaxedR2Conv`): RSteer + the ``relaxed`` method is the paper's "Ours" row
 of its Table 2. Projection (theta = 0) removes the free branches; the result is RSteer, approximately
 equivariant by design.
 

@@ -13,7 +13,7 @@ Node features are irreps vectors of ``hidden`` (default by task kind, see :data:
    cross ``max_radius``); the head-weighted sum of the values over neighbours is projected back to ``hidden``
    by ``o3.Linear``.
 2. **Feed-forward** (pre-norm, residual): ``o3.Linear -> Gate -> o3.Linear``. In the relaxed model this
-   map is a :class:`~relaxbench.models._free_mlp.RelaxedFreeMLP` (the published Equiformer variant): a free
+   map is relaxed with a free MLP (:func:`relaxbench.families.irreps.relax`, ``free="mlp"``; the published Equiformer variant): a free
    MLP of ``[normed features, node attribute, raw centred position]`` is added as ``theta * W(...)``, its last
    layer scaled by 0.01 at init, penalised by its Lie derivative (``lie_mode="lie"``, default: the exact
    ``d/dt [W(exp(tA) x) - exp(tA) W(x)]`` by ``torch.func.jvp`` for the three so(3) generators acting on the
@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
-from e3nn.math import soft_one_hot_linspace, soft_unit_step
-from e3nn.nn import FullyConnectedNet, Gate
+from e3nn.math import soft_unit_step
+from e3nn.nn import FullyConnectedNet
 from torch import Tensor, nn
 
-from relaxbench.models._e3nn import irreps_generators
-from relaxbench.models._free_mlp import RelaxedFreeMLP
+from relaxbench.families import irreps
 
 __all__ = ["DEFAULTS", "FAMILY", "EquivariantLayerNorm", "SE3Transformer", "build"]
 
@@ -104,20 +103,24 @@ def _head_matrix(irreps: o3.Irreps, heads: int) -> Tensor:
     return nn.functional.one_hot(torch.tensor(owner), heads).to(torch.get_default_dtype())
 
 
-def _gate(irreps_out: o3.Irreps) -> Gate:
-    """A gated nonlinearity with output ``irreps_out`` (SiLU on ``0e``, tanh on ``0o``, sigmoid gates)."""
-    scalars = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l == 0])
-    gated = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l > 0])
-    acts = [nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
-    return Gate(scalars, acts, f"{gated.num_irreps}x0e", [torch.sigmoid], gated)
-
-
 class _FeedForward(nn.Sequential):
-    """``o3.Linear -> Gate -> o3.Linear`` on ``irreps -> irreps``."""
+    """``o3.Linear -> Gate -> o3.Linear`` on ``irreps -> irreps`` (SiLU on ``0e``, tanh on ``0o``, sigmoid gates).
 
-    def __init__(self, irreps: o3.Irreps) -> None:
-        gate = _gate(irreps)
-        super().__init__(o3.Linear(irreps, gate.irreps_in), gate, o3.Linear(gate.irreps_out, irreps))
+    ``forward(y, context=None)`` ignores ``context``, which only the relaxed layer's free MLP reads, so the plain
+    and the relaxed block call it alike.
+    """
+
+    def __init__(self, irreps_hidden: o3.Irreps) -> None:
+        gate = irreps.gate(irreps_hidden)
+        super().__init__(
+            o3.Linear(irreps_hidden, gate.irreps_in), gate, o3.Linear(gate.irreps_out, irreps_hidden)
+        )
+        self.irreps_in = self.irreps_out = o3.Irreps(irreps_hidden)
+
+    def forward(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        for module in self:
+            y = module(y)
+        return y
 
 
 class _Edges:
@@ -139,12 +142,7 @@ class _Edges:
         dummy = torch.zeros(3, dtype=pos.dtype, device=pos.device)
         dummy[0] = 1.0
         rel = torch.where(self_pair[..., None], dummy, rel)
-        dist = rel.norm(dim=-1)
-        self.sh = o3.spherical_harmonics(irreps_sh, rel, normalize=True, normalization="component")
-        self.radial = (
-            soft_one_hot_linspace(dist, 0.0, max_radius, n_radial, basis="smooth_finite", cutoff=True)
-            * n_radial**0.5
-        )
+        self.sh, dist, self.radial = irreps.edge_features(rel, irreps_sh, max_radius, n_radial)
         self.weight = (soft_unit_step(10.0 * (1.0 - dist / max_radius)) * graph).unsqueeze(-1)
 
 
@@ -208,20 +206,14 @@ class _Block(nn.Module):
         self.register_buffer("key_heads", _head_matrix(k, heads), persistent=False)
         self.key_scale = (k.dim / heads) ** -0.5
         self.norm_ff = EquivariantLayerNorm(h)
-        self.relaxed = relaxed
-        if relaxed:
-            self.ff = RelaxedFreeMLP(
-                _FeedForward(h),
-                h.dim,
-                irreps_context.dim,
-                h.dim,
-                irreps_generators(h + irreps_context),
-                irreps_generators(h),
-                hidden=free_hidden,
-                lie_mode=lie_mode,
-            )
-        else:
-            self.ff = _FeedForward(h)
+        self.ff = irreps.relax(
+            _FeedForward(h),
+            relaxed,
+            free="mlp",
+            context=irreps_context,
+            hidden=free_hidden,
+            lie_mode=lie_mode,
+        )
 
     def forward(self, h: Tensor, edges: _Edges, context: Tensor | None) -> Tensor:
         x = self.norm_attention(h)
@@ -231,7 +223,7 @@ class _Block(nn.Module):
         alpha = _attention(logits, edges.weight) @ self.value_heads  # [B, N, N, d_values]
         h = h + self.project((alpha * values).sum(dim=2))
         y = self.norm_ff(h)
-        return h + (self.ff(y, context) if self.relaxed else self.ff(y))
+        return h + self.ff(y, context)
 
 
 class SE3Transformer(nn.Module):

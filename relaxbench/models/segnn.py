@@ -23,7 +23,7 @@ layer: messages ``m_ij = L2(L1([h_i, h_j, extra_ij], a_ij), a_ij)`` (both gated)
 Relaxation (the paper's SEGNN free branch): both update layers ``U1`` and ``U2`` of every message-passing
 layer get ``theta * W x``, a bias-free dense ``Linear(dim_in -> dim_out)`` on the flattened irreps vector
 (before the gate), initialised ``N(0, 1e-4)`` and penalised with e3nn's so(3) generators
-(:func:`relaxbench.models._e3nn.relaxed_conditioned`).
+(:func:`relaxbench.families.irreps.relax`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from relaxbench.models._e3nn import relaxed_conditioned
-from relaxbench.models.egnn import fully_connected_edges
+from relaxbench.families import irreps
+from relaxbench.families.blocks import fully_connected_edges
 
 __all__ = ["FAMILY", "SEGNN", "SteerableLinear", "SwishGate", "balanced_hidden_irreps", "build"]
 
@@ -72,6 +72,7 @@ class _TensorProductBias(nn.Module):
 
     def __init__(self, irreps_in: o3.Irreps, irreps_attr: o3.Irreps, irreps_out: o3.Irreps) -> None:
         super().__init__()
+        self.irreps_in, self.irreps_out = irreps_in, irreps_out
         self.tp = o3.FullyConnectedTensorProduct(irreps_in, irreps_attr, irreps_out)
         scalar_index = [
             i
@@ -143,12 +144,10 @@ class SteerableLinear(nn.Module):
             o3.Irreps(irreps_out) if self.gate is None else self.gate.irreps_out
         )  # scalars first
         pre_gate = self.irreps_out if self.gate is None else self.gate.irreps_in
-        self.linear = relaxed_conditioned(
-            relaxed,
+        self.linear = irreps.relax(
             _TensorProductBias(self.irreps_in, o3.Irreps(irreps_attr), pre_gate),
-            self.irreps_in,
-            pre_gate,
-            free_init_std,
+            relaxed,
+            init_std=free_init_std,
         )
 
     def forward(self, x: Tensor, attr: Tensor) -> Tensor:

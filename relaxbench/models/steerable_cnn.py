@@ -17,10 +17,10 @@ invariant group pooling, global spatial averaging and an MLP head ``Linear -> Re
 Pools must act on odd sizes (29 -> 15 -> 8): a stride-2 pool of an even map is not symmetric about its
 centre and would break exact rot90 equivariance, so such a plan is refused.
 
-Relaxed (``relaxed=True``): every ``R2Conv`` becomes a :class:`~relaxbench.models._escnn.RelaxedR2Conv`
+Relaxed (``relaxed=True``): every ``R2Conv`` becomes a :class:`~relaxbench.families.fields.RelaxedR2Conv`
 whose free branch is a bias-free ``Conv2d`` over all channels with the same kernel, added before the batch
 norm and nonlinearity; ``generators`` chooses the penalty's group elements (see
-:mod:`relaxbench.models._escnn`). :meth:`SteerableCNN.export_for_eval` turns a projected C/D model into
+:mod:`relaxbench.families.fields`). :meth:`SteerableCNN.export_for_eval` turns a projected C/D model into
 plain torch modules with escnn's ``export()``.
 """
 
@@ -34,9 +34,8 @@ from escnn import gspaces
 from escnn import nn as enn
 from torch import Tensor, nn
 
-from relaxbench.models import cnn
-from relaxbench.models._escnn import Generators, relaxed_r2conv
-from relaxbench.relax import relaxed_layers
+from relaxbench.families import fields, relaxed_layers
+from relaxbench.families.blocks import matched_cnn
 
 __all__ = ["FAMILY", "SteerableCNN", "build", "build_unconstrained"]
 
@@ -142,7 +141,7 @@ class SteerableCNN(nn.Module):
         max_frequency: int,
         fourier_samples: int,
         relaxed: bool,
-        generators: Generators,
+        generators: fields.Generators,
         free_init_std: float,
         penalty_examples: int | None,
     ) -> None:
@@ -166,15 +165,13 @@ class SteerableCNN(nn.Module):
                 hidden = enn.FieldType(gs, width * [gs.regular_repr])
                 norm, act = enn.InnerBatchNorm(hidden), enn.ReLU(hidden, inplace=True)
             modules += [
-                relaxed_r2conv(
+                fields.relax(
+                    # recompute: no sampled basis shared with other models (see fields.relax)
+                    enn.R2Conv(current, hidden, kernel_size, padding=kernel_size // 2, recompute=True),
                     relaxed,
-                    current,
-                    hidden,
-                    kernel_size,
                     generators,
                     free_init_std,
                     penalty_examples,
-                    padding=kernel_size // 2,
                 ),
                 norm,
                 act,
@@ -237,7 +234,7 @@ def build(
     head_hidden: int = 64,
     max_frequency: int = 3,
     fourier_samples: int = 16,
-    generators: Generators = "grid",
+    generators: fields.Generators = "grid",
     free_init_std: float = 1e-4,
     penalty_examples: int | None = 4,
 ) -> SteerableCNN:
@@ -246,7 +243,7 @@ def build(
     Defaults are CPU scale (C8, 8/16/16 regular fields, 5x5 kernels). The escnn tutorial's C8 MNIST model is
     about ``channels=[24, 48, 48, 96, 96, 64], kernel_size=5, pool_after=[1, 3]``. ``generators``,
     ``free_init_std`` and ``penalty_examples`` configure the relaxed convolutions
-    (:class:`~relaxbench.models._escnn.RelaxedR2Conv`). By default the penalty is evaluated on 4 examples of
+    (:class:`~relaxbench.families.fields.RelaxedR2Conv`). By default the penalty is evaluated on 4 examples of
     each batch (an unbiased estimate; 1.26-1.27x a plain step at batch 32 instead of 2.3x for the whole batch, with
     penalty curves within 10% of the full-batch ones in training: docs/PERFORMANCE.md);
     ``penalty_examples=None`` uses the whole batch.
@@ -269,7 +266,8 @@ def build(
 
 
 def build_unconstrained(spec: dict, **params) -> nn.Module:
-    """A plain CNN (:mod:`relaxbench.models.cnn`) with the same blocks and about the same parameter count."""
+    """A plain CNN (:class:`relaxbench.families.blocks.CNN`, the ``cnn`` model) with the same blocks and about
+    the same parameter count."""
     model = build(spec, **params)
     target = sum(p.numel() for p in model.parameters())
-    return cnn.build_matched(spec, target, model.n_blocks, model.kernel_size, model.pools, model.head_hidden)
+    return matched_cnn(spec, target, model.n_blocks, model.kernel_size, model.pools, model.head_hidden)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
-from e3nn.math import soft_one_hot_linspace
-from e3nn.nn import FullyConnectedNet, Gate
+from e3nn.nn import FullyConnectedNet
 from torch import Tensor, nn
 
-from relaxbench.models._e3nn import relaxed_linear
+from relaxbench.families import irreps
 
 __all__ = ["FAMILY", "TFN", "build"]
 
@@ -32,20 +31,11 @@ class _GatedBlock(nn.Module):
             self.gate = None
             pre = irreps_out
         else:
-            scalars = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l == 0])
-            gated = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l > 0])
-            gates = o3.Irreps(f"{gated.num_irreps}x0e")
-            self.gate = Gate(
-                scalars,
-                [torch.relu if ir.p == 1 else torch.tanh for _, ir in scalars],
-                gates,
-                [torch.sigmoid],
-                gated,
-            )
+            self.gate = irreps.gate(irreps_out, even=torch.relu)
             pre = self.gate.irreps_in
         self.tp = o3.FullyConnectedTensorProduct(irreps_in, irreps_sh, pre, shared_weights=False)
         self.radial = FullyConnectedNet([n_radial, 32, self.tp.weight_numel], torch.relu)
-        self.self_interaction = relaxed_linear(relaxed, pre, pre)
+        self.self_interaction = irreps.relax(o3.Linear(pre, pre), relaxed)
         self.irreps_out = irreps_out if last else self.gate.irreps_out
 
     def forward(self, h: Tensor, sh: Tensor, radial: Tensor, n_points: int) -> Tensor:
@@ -84,14 +74,7 @@ class TFN(nn.Module):
         pos = batch["pos"]  # [B, P, 3]
         b, p, _ = pos.shape
         rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # r_ij = x_j - x_i, [B, P, P, 3]
-        sh = o3.spherical_harmonics(self.irreps_sh, rel, normalize=True, normalization="component")
-        dist = rel.norm(dim=-1)
-        radial = (
-            soft_one_hot_linspace(
-                dist, 0.0, self.max_radius, self.n_radial, basis="smooth_finite", cutoff=True
-            )
-            * self.n_radial**0.5
-        )
+        sh, _, radial = irreps.edge_features(rel, self.irreps_sh, self.max_radius, self.n_radial)
         h = pos.new_ones(b, p, 1)
         for block in self.blocks:
             h = block(h, sh, radial, p)

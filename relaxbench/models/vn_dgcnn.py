@@ -2,7 +2,7 @@
 
 Takes ``batch["pos"] [B, N, 3]`` and returns logits ``[B, num_classes]``, invariant under rotations of the
 input and permutations of its points. Layers (VN features ``[B, C, 3, N]``, see
-:mod:`relaxbench.models._vn_layers`):
+:mod:`relaxbench.families.vector_neurons`):
 
 1. four edge convolutions: edge features ``[x_j - x_i, x_i]`` of the k-NN graph (``[B, 2C, 3, N, k]``;
    neighbours by coordinates for the first, by distance between the current VN features after that),
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from relaxbench.models._vn_layers import VNLinearLeakyReLU, VNStdFeature, graph_feature, vn_pool
-from relaxbench.models.vn_pointnet import invariant_head
+from relaxbench.families.blocks import invariant_head
+from relaxbench.families.vector_neurons import VNLinearLeakyReLU, VNStdFeature, graph_feature, vn_pool
 
 __all__ = ["FAMILY", "VNDGCNN", "build"]
 

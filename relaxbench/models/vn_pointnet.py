@@ -2,7 +2,7 @@
 
 Takes ``batch["pos"] [B, N, 3]`` and returns logits ``[B, num_classes]``, invariant under rotations of the
 input and permutations of its points. Layers (VN features ``[B, C, 3, N]``, see
-:mod:`relaxbench.models._vn_layers`):
+:mod:`relaxbench.families.vector_neurons`):
 
 1. edge features of the k-NN graph of the points: ``[x_j - x_i, x_i, x_j x x_i]`` (``[B, 3, 3, N, k]``),
    a VN-LinearLeakyReLU ``3 -> c1`` and a pool over the ``k`` neighbours;
@@ -28,41 +28,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from relaxbench.models._vn_layers import (
+from relaxbench.families import vector_neurons as vn
+from relaxbench.families.blocks import invariant_head
+from relaxbench.families.vector_neurons import (
     VNBatchNorm,
+    VNLinear,
     VNLinearLeakyReLU,
     VNStdFeature,
     graph_feature,
-    vn_linear,
     vn_pool,
 )
 
-__all__ = ["FAMILY", "VNPointNet", "build", "invariant_head"]
+__all__ = ["FAMILY", "VNPointNet", "build"]
 
 FAMILY = "vector_neurons"
-
-
-def invariant_head(
-    d_in: int,
-    head: Sequence[int],
-    num_classes: int,
-    dropout: float,
-    activation: nn.Module,
-    dropout_each: bool = False,
-) -> nn.Sequential:
-    """MLP on invariant features ``[B, d_in] -> [B, num_classes]``: ``Linear, BatchNorm, activation`` per
-    hidden width. Dropout as in the published classifiers: VN-PointNet drops out once, before the last
-    hidden batch norm; VN-DGCNN (``dropout_each``) after every hidden block."""
-    layers: list[nn.Module] = []
-    for i, width in enumerate(head):
-        layers.append(nn.Linear(d_in if i == 0 else head[i - 1], width))
-        if not dropout_each and i == len(head) - 1 and i > 0:
-            layers.append(nn.Dropout(dropout))
-        layers += [nn.BatchNorm1d(width), activation]
-        if dropout_each:
-            layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(head[-1] if head else d_in, num_classes))
-    return nn.Sequential(*layers)
 
 
 class _VNTransform(nn.Module):
@@ -81,7 +60,7 @@ class _VNTransform(nn.Module):
         self.convs = nn.Sequential(block(d, c1), block(c1, c2), block(c2, cg))
         self.pool = vn_pool(pooling, cg, relaxed, free_init_std)
         self.fcs = nn.Sequential(block(cg, cg // 2), block(cg // 2, cg // 4))
-        self.out = vn_linear(relaxed, cg // 4, d, free_init_std)
+        self.out = vn.relax(VNLinear(cg // 4, d), relaxed, free_init_std)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.fcs(self.pool(self.convs(x))))
@@ -117,7 +96,7 @@ class VNPointNet(nn.Module):
             _VNTransform(c1, channels, pooling, relaxed, free_init_std) if feature_transform else None
         )
         self.conv2 = block(2 * c1 if feature_transform else c1, c2)
-        self.conv3 = vn_linear(relaxed, c2, cg, free_init_std)
+        self.conv3 = vn.relax(VNLinear(c2, cg), relaxed, free_init_std)
         self.bn3 = VNBatchNorm(cg)
         self.std_feature = VNStdFeature(2 * cg, relaxed, negative_slope=0.0, free_init_std=free_init_std)
         self.head = invariant_head(6 * cg, head, num_classes, dropout, nn.ReLU())

@@ -1,8 +1,10 @@
 """A relaxed layer whose free branch is one dense matrix on the last feature axis.
 
 This is the free branch of SEGNN / e3nn models (a ``Linear(dim_in -> dim_out)`` on the flattened irreps
-vector) and of Vector Neurons (a ``Linear(3*C_in -> 3*C_out)`` on each point's flattened (channel, xyz)
-vector). Two things make it cheaper than the generic :class:`~relaxbench.relax.relaxed.RelaxedLayer`:
+vector), of EGNN-style vector updates (``Linear(3 C -> 3)`` on a particle's stacked vectors) and of Vector
+Neurons (a ``Linear(3*C_in -> 3*C_out)`` with bias on each point's flattened (channel, xyz) vector, the
+features on axis 1 of a ``[B, 3 C, P]`` view: ``feature_dim=1``). Two things make it cheaper than the generic
+:class:`~relaxbench.relax.relaxed.RelaxedLayer`:
 
 - **Fused forward.** When the equivariant map is itself linear on the same input (``equivariant_matrix``
   gives its dense ``[d_in, d_out]`` matrix), ``f_eq(x) + theta W x`` is computed as one matmul with the summed
@@ -25,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from relaxbench.relax.lie import make_lie_action
+from relaxbench.relax.lie import FeatureAction, apply_matrices
 from relaxbench.relax.relaxed import RelaxedLayer
 
 __all__ = ["DenseRelaxedLinear", "second_moment_penalty"]
@@ -76,19 +78,28 @@ def second_moment_penalty(
 
 
 class DenseRelaxedLinear(RelaxedLayer):
-    """``f(x) = f_eq(x) + theta * (x W^T + b)`` on features ``[*lead, d_in] -> [*lead, d_out]``.
+    """``f(x) = f_eq(x) + theta * (W x + b)`` with a dense free map ``W [d_out, d_in]`` on one feature axis.
+
+    Layouts (``feature_dim``):
+
+    - ``-1`` (default): ``x [*lead, d_in] -> [*lead, d_out]``, every leading index a separate vector.
+    - ``1``: ``x [B, d_in, P] -> [B, d_out, P]`` (channels first, ``P`` vectors per example; the Vector Neuron
+      view of ``[B, C, 3, *pts]`` features).
 
     Args:
-        equivariant: the equivariant map on the last axis (e.g. ``e3nn.o3.Linear``).
-        d_in, d_out: feature sizes of the last axis.
+        equivariant: the equivariant map on the same layout (e.g. ``e3nn.o3.Linear``).
+        d_in, d_out: feature sizes.
         gen_in: ``[G, d_in, d_in]`` Lie-algebra generators acting on the input features.
         gen_out: ``[G, d_out, d_out]`` the same generators on the output features.
         init_std: standard deviation of the free weight at initialisation (0 gives a zero free map).
-        bias: whether the free map has a bias (kept out of the Lie term).
-        equivariant_matrix: optional zero-argument callable returning ``f_eq``'s dense ``[d_in, d_out]``
-            matrix, enabling the fused forward (only valid if ``f_eq`` is linear without bias).
+        bias: whether the free map has a bias (zero at init; kept out of the Lie term).
+        equivariant_matrix: optional zero-argument callable returning ``f_eq``'s dense matrix in the layer's
+            layout (``[d_in, d_out]``, ``x @ M``, for ``feature_dim=-1``; ``[d_out, d_in]``, ``M @ x``, for
+            ``feature_dim=1``), enabling the fused forward (only valid if ``f_eq`` is linear without bias).
 
-    The penalty statistics are per example of the leading axis: ``S`` is divided by ``x.shape[0]``.
+    The generators are kept as sparse matrices only (a dense ``[G, d, d]`` buffer costs ``O(d^2)`` memory per
+    layer); :attr:`gen_in` and :attr:`gen_out` give them dense. The penalty statistics are per example of the
+    leading axis: ``S`` is divided by ``x.shape[0]``.
     """
 
     def __init__(
@@ -101,29 +112,74 @@ class DenseRelaxedLinear(RelaxedLayer):
         init_std: float = 1e-4,
         bias: bool = False,
         equivariant_matrix: Callable[[], Tensor] | None = None,
+        feature_dim: int = -1,
     ) -> None:
+        if feature_dim not in (-1, 1):
+            raise ValueError(f"feature_dim must be -1 (last axis) or 1 (channels first), got {feature_dim}")
+        if gen_in.shape[0] != gen_out.shape[0]:
+            raise ValueError(f"input has {gen_in.shape[0]} generators, output {gen_out.shape[0]}")
+
         def free() -> nn.Linear:
-            lin = nn.Linear(d_in, d_out, bias=bias)
+            lin = (_ChannelsFirstLinear if feature_dim == 1 else nn.Linear)(d_in, d_out, bias=bias)
             nn.init.normal_(lin.weight, 0.0, init_std) if init_std > 0 else nn.init.zeros_(lin.weight)
             if bias:
                 nn.init.zeros_(lin.bias)
             return lin
 
-        super().__init__(equivariant, free, make_lie_action(gen_in, gen_out))
-        self.register_buffer("gen_in", gen_in.clone(), persistent=False)
-        self.register_buffer("gen_out", gen_out.clone(), persistent=False)
+        action = FeatureAction(
+            on_input=lambda x: apply_matrices(self.gen_in, x, feature_dim),
+            on_output=lambda y: apply_matrices(self.gen_out, y, feature_dim),
+            kind="lie",
+        )
+        super().__init__(equivariant, free, action)
+        self.feature_dim = feature_dim
+        n_gen = gen_in.shape[0]
+        # (A^T stacked [G d_in, d_in], B stacked [G d_out, d_out]): W A and B W cost O(nnz d), not O(d^3)
+        self._sparse = (
+            gen_in.to(torch.float64).transpose(1, 2).reshape(n_gen * d_in, d_in).to_sparse(),
+            gen_out.to(torch.float64).reshape(n_gen * d_out, d_out).to_sparse(),
+        )
         self._equivariant_matrix = equivariant_matrix
         self._moments: tuple[Tensor, Tensor, int] | None = None
         self._sparse_generators: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        object.__setattr__(self, "_moment_source", None)
+
+    @property
+    def gen_in(self) -> Tensor:
+        """``[G, d_in, d_in]`` the input generators, dense (float64)."""
+        d_in = self._sparse[0].shape[1]
+        return self._sparse[0].to_dense().view(-1, d_in, d_in).transpose(1, 2)
+
+    @property
+    def gen_out(self) -> Tensor:
+        """``[G, d_out, d_out]`` the output generators, dense (float64)."""
+        d_out = self._sparse[1].shape[1]
+        return self._sparse[1].to_dense().view(-1, d_out, d_out)
+
+    def share_moments(self, source: DenseRelaxedLinear | None) -> None:
+        """Reuse ``source``'s input statistics whenever both layers last saw the same tensor (e.g. the
+        VN-LeakyReLU direction map next to its feature map); ``None`` stops sharing.
+
+        ``source`` is kept as a plain reference, not registered as a submodule: its parameters must appear
+        once in the model (state dict, optimiser, ``functional_call``), under its own name.
+        """
+        object.__setattr__(self, "_moment_source", source)
 
     def forward(self, x: Tensor, *condition: Tensor) -> Tensor:
-        """``x [*lead, d_in] -> [*lead, d_out]``; ``condition`` (e.g. node attributes for a conditioned tensor
-        product) goes to the equivariant map only, and rules out the fused forward."""
+        """``x -> f_eq(x, *condition) + theta W x`` in the layer's layout; ``condition`` (e.g. node attributes for a
+        conditioned tensor product) goes to the equivariant map only, and rules out the fused forward."""
         if self.theta == 0.0:
             return self.equivariant(x, *condition)
         self._record(x)
         if self._equivariant_matrix is None or condition:
             return torch.add(self.equivariant(x, *condition), self.free(x), alpha=self.theta)
+        if self.feature_dim == 1:
+            weight = self._equivariant_matrix() + self.theta * self.free.weight  # [d_out, d_in]
+            if self.free.bias is None:
+                return torch.matmul(weight, x)
+            return torch.baddbmm(
+                (self.theta * self.free.bias)[None, :, None], weight.expand(x.shape[0], -1, -1), x
+            )
         weight = self._equivariant_matrix() + self.theta * self.free.weight.t()
         y = x @ weight
         return y if self.free.bias is None else y + self.theta * self.free.bias
@@ -135,8 +191,15 @@ class DenseRelaxedLinear(RelaxedLayer):
     def moments(self) -> tuple[Tensor, Tensor, int]:
         """``(S [d_in, d_in], m [d_in], n)`` of the last input: second moment, sum, number of vectors."""
         if self._moments is None:
-            x = self._last_input.reshape(-1, self._last_input.shape[-1])
-            self._moments = (x.t() @ x, x.sum(0), x.shape[0])
+            source = self._moment_source
+            if source is not None and _same_tensor(source._last_input, self._last_input):
+                self._moments = source.moments()
+            elif self.feature_dim == 1:
+                x = self._last_input  # [B, d_in, P]
+                self._moments = (torch.einsum("bip,bjp->ij", x, x), x.sum((0, 2)), x.shape[0] * x.shape[2])
+            else:
+                x = self._last_input.reshape(-1, self._last_input.shape[-1])
+                self._moments = (x.t() @ x, x.sum(0), x.shape[0])
         return self._moments
 
     def sparse_generators(self, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,11 +208,7 @@ class DenseRelaxedLinear(RelaxedLayer):
         ``O(nnz d)`` instead of ``O(d^3)``."""
         key = (like.dtype, like.device)
         if key not in self._sparse_generators:
-            gin, gout = self.gen_in.to(like), self.gen_out.to(like)
-            self._sparse_generators[key] = (
-                gin.transpose(1, 2).reshape(-1, gin.shape[-1]).to_sparse(),
-                gout.reshape(-1, gout.shape[-1]).to_sparse(),
-            )
+            self._sparse_generators[key] = tuple(g.to(like) for g in self._sparse)
         return self._sparse_generators[key]
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
@@ -161,10 +220,29 @@ class DenseRelaxedLinear(RelaxedLayer):
         lie_rows = None
         if lie:
             gin_t, gout = self.sparse_generators(weight)
-            g = self.gen_in.shape[0]
+            g = gin_t.shape[0] // d_in
             w_a = torch.sparse.mm(gin_t, weight.t()).view(g, d_in, d_out).transpose(1, 2)  # W A
             b_w = torch.sparse.mm(gout, weight).view(g, d_out, d_in)  # B W
             lie_rows = (w_a - b_w).reshape(g * d_out, d_in)
         return second_moment_penalty(
             lie_rows, weight if norm else None, self.free.bias, self.moments(), self._last_input.shape[0]
         )
+
+
+class _ChannelsFirstLinear(nn.Linear):
+    """``nn.Linear`` on axis 1: ``x [B, d_in, P] -> W x + b [B, d_out, P]``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.matmul(self.weight, x)
+        return y if self.bias is None else y + self.bias[:, None]
+
+
+def _same_tensor(a: Tensor | None, b: Tensor | None) -> bool:
+    return (
+        a is not None
+        and b is not None
+        and a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+    )

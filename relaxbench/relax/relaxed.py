@@ -25,7 +25,6 @@ __all__ = [
     "RelaxedLayer",
     "build_free",
     "free_parameters",
-    "maybe_relax",
     "relaxation_penalty",
     "relaxed_layers",
     "set_theta",
@@ -118,21 +117,6 @@ class RelaxedLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, action={self.action.kind}"
-
-
-def maybe_relax(
-    relaxed: bool,
-    equivariant: nn.Module,
-    free: Callable[[], nn.Module],
-    action: Callable[[], FeatureAction],
-) -> nn.Module:
-    """Return ``equivariant`` itself for a plain model, or wrap it in a :class:`RelaxedLayer`.
-
-    ``free`` and ``action`` are factories so that a plain model never builds them.
-    """
-    if not relaxed:
-        return equivariant
-    return RelaxedLayer(equivariant, free, action())
 
 
 def relaxed_layers(model: nn.Module) -> Iterator[RelaxedLayer]:

@@ -15,7 +15,7 @@ from escnn import nn as enn
 
 from relaxbench.methods import get_method
 from relaxbench.models import _plume, conv, equiv, lift, rsteer
-from relaxbench.models._escnn import RelaxedR2Conv
+from relaxbench.families.fields import RelaxedR2Conv
 from relaxbench.models._rsteer import RSteerConv
 from relaxbench.relax import prior_penalty, relaxation_penalty, relaxed_layers, set_theta
 from relaxbench.symmetry import GroupElement, equivariance_error

@@ -4,8 +4,8 @@ import pytest
 import torch
 from e3nn import o3
 
+from relaxbench.families.irreps import linear_matrix
 from relaxbench.models import segnn
-from relaxbench.models._e3nn import linear_matrix
 from tests.models import nbody_checks as checks
 
 SMALL = {"hidden": 4, "layers": 1}

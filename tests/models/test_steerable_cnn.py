@@ -16,8 +16,9 @@ from escnn import gspaces
 from escnn import nn as enn
 
 from relaxbench.config import RunSpec, resolve_run, validate_config
+from relaxbench.families.blocks import CNN, count_cnn_parameters
+from relaxbench.families.fields import RelaxedR2Conv, field_action, generator_elements, is_grid_exact
 from relaxbench.models import cnn, steerable_cnn
-from relaxbench.models._escnn import RelaxedR2Conv, field_action, generator_elements, is_grid_exact
 from relaxbench.relax import lie_derivative_sq, relaxation_penalty, relaxed_layers, set_theta
 from relaxbench.symmetry import model_equivariance_error
 from relaxbench.tasks.rotdigits import RotDigits
@@ -288,9 +289,9 @@ def test_unconstrained_twin_matches_parameter_count():
     model = build()
     twin = steerable_cnn.build_unconstrained(SPEC, **SMALL)
     n_model, n_twin = (sum(p.numel() for p in m.parameters()) for m in (model, twin))
-    assert isinstance(twin, cnn.CNN)
+    assert isinstance(twin, CNN)
     assert abs(n_twin - n_model) / n_model < 0.1
-    assert n_twin == cnn.count_parameters(1, 10, [twin.net[0].out_channels] * 2, 3, 8)
+    assert n_twin == count_cnn_parameters(1, 10, [twin.net[0].out_channels] * 2, 3, 8)
     with pytest.raises(ValueError, match="no equivariant layers"):
         cnn.build(SPEC, relaxed=True)
 

@@ -10,16 +10,11 @@ import torch
 from torch import nn
 
 from relaxbench.config import RunSpec, resolve_run, validate_config
+from relaxbench.families import vector_neurons as vn
+from relaxbench.families.so3 import cartesian_generators as so3_generators
+from relaxbench.families.so3 import stacked_vector_generators as vn_generators
+from relaxbench.families.vector_neurons import EPS, VNLinear, VNLinearLeakyReLU, graph_feature
 from relaxbench.models import vn_dgcnn, vn_pointnet
-from relaxbench.models._vn_layers import (
-    EPS,
-    RelaxedVNLinear,
-    VNLinearLeakyReLU,
-    graph_feature,
-    so3_generators,
-    vn_generators,
-    vn_linear,
-)
 from relaxbench.relax import lie_derivative_sq, relaxation_penalty, relaxed_layers, set_theta
 from relaxbench.relax.dense import DenseRelaxedLinear
 from relaxbench.symmetry import model_equivariance_error, random_rotation_matrices
@@ -157,9 +152,9 @@ def test_first_step_with_zero_free_maps_has_finite_gradients(name):
 
 
 # --- layers --------------------------------------------------------------------------------------------
-def _relaxed_layer(c_in=4, c_out=3, std=0.5, seed=0) -> RelaxedVNLinear:
+def _relaxed_layer(c_in=4, c_out=3, std=0.5, seed=0) -> nn.Module:
     torch.manual_seed(seed)
-    layer = vn_linear(True, c_in, c_out, init_std=std).double()
+    layer = vn.relax(VNLinear(c_in, c_out), True, init_std=std).double()
     with torch.no_grad():
         layer.free.bias.normal_()
     set_theta(layer, 0.7)
@@ -175,7 +170,10 @@ def test_vn_layers_are_equivariant():
     x = _vn_input()
     rotation = random_rotation_matrices(1, torch.Generator().manual_seed(0))[0]
     rotate = lambda t: torch.einsum("ij,bcj...->bci...", rotation, t)  # noqa: E731
-    for layer in (vn_linear(False, 4, 3).double(), VNLinearLeakyReLU(4, 3, share_nonlinearity=True).double()):
+    for layer in (
+        vn.relax(VNLinear(4, 3), False).double(),
+        VNLinearLeakyReLU(4, 3, share_nonlinearity=True).double(),
+    ):
         layer.eval()
         torch.testing.assert_close(layer(rotate(x)), rotate(layer(x)), rtol=0, atol=1e-12)
     pts = x[:, :, :, :, 0]  # [B, C, 3, N]: edge features of the kNN graph rotate with the points
@@ -201,11 +199,14 @@ def test_leaky_relu_matches_the_published_formula(negative_slope):
 
 def test_fused_forward_equals_equivariant_plus_theta_free():
     layer, x = _relaxed_layer(), _vn_input()
-    expected = layer.equivariant(x) + 0.7 * layer.free(x)
+    eq = layer.equivariant(x)
+    expected = eq + 0.7 * layer.free(x.reshape(x.shape[0], 3 * 4, -1)).view_as(
+        eq
+    )  # free map on the flat view
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
 
 
-def _kron_free_map(layer: RelaxedVNLinear, seed: int = 3) -> None:
+def _kron_free_map(layer: nn.Module, seed: int = 3) -> None:
     """Set the free map to an equivariant one: kron(M, I_3), no bias."""
     m = torch.randn(
         layer.equivariant.c_out,
@@ -229,13 +230,16 @@ def test_lie_penalty_is_zero_exactly_for_kron_m_i3_maps():
 
 
 def test_lie_penalty_matches_the_definition_and_dense_relaxed_linear():
-    """Second-moment penalty == sum_a ||W(L_a x) - L_a(W x)||^2 on the data, and == DenseRelaxedLinear's with
-    the generators kron(I_C, L_a) on the same channel-major per-point vectors (layout and generators agree)."""
+    """Second-moment penalty == sum_a ||W(L_a x) - L_a(W x)||^2 on the data, and == DenseRelaxedLinear's on the
+    last axis with the generators kron(I_C, L_a) on the same channel-major per-point vectors (the channels-first
+    view and the per-point layout agree)."""
     layer, x = _relaxed_layer(), _vn_input()
     layer(x)
     ld, sq = layer.penalty_terms()
-    torch.testing.assert_close(ld, lie_derivative_sq(layer.free_linear, x, layer.action))
-    torch.testing.assert_close(sq, layer.free(x).pow(2).sum() / x.shape[0])
+    flat = layer._last_input  # the [B, 3 C_in, P] view the relaxed layer works on
+    assert flat.shape == (3, 3 * 4, 10)
+    torch.testing.assert_close(ld, lie_derivative_sq(layer.free_linear, flat, layer.action))
+    torch.testing.assert_close(sq, layer.free(flat).pow(2).sum() / x.shape[0])
 
     c_in, c_out = layer.equivariant.c_in, layer.equivariant.c_out
     equivariant = nn.Linear(3 * c_in, 3 * c_out, bias=False).double()

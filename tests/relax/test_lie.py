@@ -8,7 +8,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from relaxbench.models._e3nn import irreps_generators
+from relaxbench.families.so3 import irreps_generators, stacked_vector_generators
 from relaxbench.relax.lie import lie_derivative_sq, make_finite_action, make_lie_action
 
 F64 = torch.float64
@@ -17,12 +17,6 @@ TOL = 1e-10
 
 def so3_vector_generators() -> torch.Tensor:
     return irreps_generators(o3.Irreps("1o"))
-
-
-def vn_generators(channels: int) -> torch.Tensor:
-    """so(3) on a channel-major flattened (C, xyz) vector: kron(I_C, L_a)."""
-    gens = so3_vector_generators()
-    return torch.stack([torch.kron(torch.eye(channels, dtype=F64), g) for g in gens])
 
 
 def published_layout_ld(weight: torch.Tensor, x: torch.Tensor, gen_in, gen_out) -> torch.Tensor:
@@ -69,7 +63,7 @@ def test_zero_for_vector_neuron_maps_and_the_published_reshape_fails_that_test()
     w_eq = torch.kron(
         m, torch.eye(3, dtype=F64)
     )  # an equivariant VN linear map on (C, xyz) flattened vectors
-    gin, gout = vn_generators(c_in), vn_generators(c_out)
+    gin, gout = stacked_vector_generators(c_in), stacked_vector_generators(c_out)
     x = torch.randn(32, 3 * c_in, generator=gen, dtype=F64)
     ours = lie_derivative_sq(lambda v: v @ w_eq.t(), x, make_lie_action(gin, gout))
     assert ours < TOL

@@ -5,8 +5,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from relaxbench.families.irreps import irreps_generators, linear_matrix, relax
 from relaxbench.models import tfn
-from relaxbench.models._e3nn import irreps_generators, relaxed_linear
 from relaxbench.relax import (
     RelaxedLayer,
     free_parameters,
@@ -83,8 +83,6 @@ def test_set_theta_rejects_negative_values():
 def dense_layer(bias: bool, fused: bool, gen):
     irreps_in, irreps_out = o3.Irreps("3x0e + 2x1o + 1x2e"), o3.Irreps("2x0e + 3x1o")
     lin = o3.Linear(irreps_in, irreps_out).to(F64)
-    from relaxbench.models._e3nn import linear_matrix
-
     layer = DenseRelaxedLinear(
         lin,
         irreps_in.dim,
@@ -130,7 +128,7 @@ def test_fused_forward_equals_the_sum_of_branches():
 
 
 def test_penalty_gradient_is_finite_for_a_zero_free_map():
-    layer = relaxed_linear(True, "2x0e + 1x1o", "1x0e + 2x1o", init_std=0.0)
+    layer = relax(o3.Linear("2x0e + 1x1o", "1x0e + 2x1o"), True, init_std=0.0)
     model = nn.Sequential(layer)
     set_theta(model, 1.0)
     model.train()
@@ -152,8 +150,8 @@ def test_penalty_is_zero_at_theta_zero_and_without_input():
 
 def test_free_branch_does_not_consume_the_global_random_stream():
     torch.manual_seed(5)
-    relaxed_linear(True, "2x0e", "2x0e")
+    relax(o3.Linear("2x0e", "2x0e"), True)
     after_relaxed = torch.rand(1)
     torch.manual_seed(5)
-    relaxed_linear(False, "2x0e", "2x0e")
+    relax(o3.Linear("2x0e", "2x0e"), False)
     assert torch.equal(after_relaxed, torch.rand(1))

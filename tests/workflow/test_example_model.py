@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from relaxbench.cli import main
-from relaxbench.models._e3nn import linear_matrix
+from relaxbench.families.irreps import linear_matrix
 from relaxbench.relax import relaxed_layers, set_theta
 from relaxbench.symmetry import model_equivariance_error
 from relaxbench.tasks.tetris import SHAPES, Tetris

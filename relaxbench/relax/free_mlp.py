@@ -7,7 +7,7 @@ free map should see (in the SE(3)-transformer: the node attribute and the raw ce
     f(y, c) = f_eq(y) + theta * W([y, c]).
 
 The group acts linearly on ``x`` and on the output through Lie-algebra generators ``gen_in [G, d_x, d_x]`` and
-``gen_out [G, d_out, d_out]`` (e.g. :func:`relaxbench.models._e3nn.irreps_generators`). Because ``W`` is
+``gen_out [G, d_out, d_out]`` (e.g. :func:`relaxbench.families.so3.irreps_generators`). Because ``W`` is
 nonlinear, its Lie derivative is taken at the input:
 
     L_A W (x) = d/dt [W(exp(tA) x) - exp(tA) W(x)] at t = 0 = J_W(x) (dA_in x) - dA_out W(x),

@@ -1,15 +1,16 @@
-"""Relaxable linear maps on per-particle stacks of 3D vectors (the relaxation hook of EGNN-style models).
+"""The Cartesian-vector family: relaxable linear maps on per-particle stacks of 3D vectors (EGNN-style models).
 
 A particle carries ``C`` Cartesian vectors ``u_1 .. u_C`` (e.g. its centred position, its velocity, an
 aggregated message), flattened channel-major to ``[..., 3C]`` -- the e3nn irreps ``"Cx1o"``. The SO(3)-equivariant
 linear maps ``R^{3C} -> R^3`` are exactly the channel sums ``sum_c a_c u_c`` (dense matrix ``kron(a, I_3)``,
 ``[3C, 3]``), because the only matrices commuting with every rotation of ``R^3`` are multiples of ``I_3``.
 
-:class:`VectorMix` is such a map with some coefficients fixed and some learned. :func:`relaxed_vector_mix` wraps
+:class:`VectorMix` is such a map with some coefficients fixed and some learned. ``relax(mix, relaxed)`` wraps
 it, for a relaxed model, in a :class:`~relaxbench.relax.dense.DenseRelaxedLinear` whose free branch is a dense
 bias-free ``Linear(3C -> 3)`` (any linear map of the vectors, breaking rotations only: translations and particle
 permutations stay exact as long as the inputs are translation invariant and the map is shared by all particles),
-with the so(3) generators acting on each vector for the Lie-derivative penalty, and the fused forward
+with the so(3) generators acting on each vector (:func:`relaxbench.families.so3.irreps_generators` of
+``"Cx1o"``) for the Lie-derivative penalty, and the fused forward
 ``u @ (kron(a, I_3) + theta W^T)``.
 """
 
@@ -18,13 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from e3nn import o3
 from torch import Tensor, nn
 
-from relaxbench.models._e3nn import irreps_generators
+from relaxbench.families.so3 import irreps_generators
 from relaxbench.relax.dense import DenseRelaxedLinear
 
-__all__ = ["VectorMix", "relaxed_vector_mix"]
+__all__ = ["VectorMix", "relax"]
 
 
 class VectorMix(nn.Module):
@@ -62,7 +62,7 @@ class VectorMix(nn.Module):
         return f"channels={self.n_channels}, learned={self.learned_index.tolist()}"
 
 
-def relaxed_vector_mix(relaxed: bool, mix: VectorMix, init_std: float = 1e-4) -> nn.Module:
+def relax(mix: VectorMix, relaxed: bool, init_std: float = 1e-4) -> nn.Module:
     """``mix`` itself for a plain model; for a relaxed one ``mix(u) + theta * W u`` with a dense free ``W``.
 
     Takes ``[..., 3C]`` and returns ``[..., 3]``; the free ``W [3, 3C]`` starts ``N(0, init_std^2)``.
@@ -74,8 +74,8 @@ def relaxed_vector_mix(relaxed: bool, mix: VectorMix, init_std: float = 1e-4) ->
         mix,
         3 * c,
         3,
-        irreps_generators(o3.Irreps(f"{c}x1o")),
-        irreps_generators(o3.Irreps("1x1o")),
+        irreps_generators(f"{c}x1o"),
+        irreps_generators("1x1o"),
         init_std=init_std,
         equivariant_matrix=mix.matrix,
     )

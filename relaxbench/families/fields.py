@@ -1,8 +1,8 @@
-"""The steerable-CNN family's relaxation hook: a relaxable escnn ``R2Conv`` and the group's action on fields.
+"""The escnn fields family: a relaxable ``R2Conv`` of steerable fields and the group's action on fields.
 
-``relaxed_r2conv(relaxed, in_type, out_type, kernel_size, ...)`` is what an escnn model (built-in or a
-user's) calls for every convolution the method may relax. Plain: an ``escnn.nn.R2Conv`` (``in_type ->
-out_type``). Relaxed: a :class:`RelaxedR2Conv`, ``f(x) = R2Conv(x) + theta * W(x)`` where the free map ``W`` is
+``relax(conv, relaxed, **options)`` is what an escnn model (built-in or a user's) calls for every convolution
+the method may relax. Plain: the ``escnn.nn.R2Conv`` itself (``in_type -> out_type``, GeometricTensors).
+Relaxed: a :class:`RelaxedR2Conv`, ``f(x) = R2Conv(x) + theta * W(x)`` where the free map ``W`` is
 a bias-free ``torch.nn.Conv2d`` over all ``in_type.size -> out_type.size`` channels with the same kernel
 size, padding, stride and dilation (as in the published relaxed steerable CNNs), added before the
 nonlinearity.
@@ -60,9 +60,8 @@ __all__ = [
     "fibre_matrix",
     "field_action",
     "generator_elements",
-    "grid_action",
     "is_grid_exact",
-    "relaxed_r2conv",
+    "relax",
 ]
 
 Generators = Literal["grid", "group"]
@@ -101,17 +100,13 @@ def _gather_index(m_entries: tuple[int, ...], size: int) -> Tensor:
     return torch.from_numpy(src_r * size + src_c)
 
 
-def grid_action(x: Tensor, m: np.ndarray) -> Tensor:
-    """``x'(p) = x(m^-1 p)`` on the last two (square) axes of ``x [..., S, S]``, about the grid centre.
+def _grid_operator(m: np.ndarray) -> Callable[[Tensor], Tensor]:
+    """``x'(p) = x(m^-1 p)`` on the last two (square) axes of ``x [..., S, S]``, about the grid centre, as a
+    function of ``x`` (the work that depends on ``m`` alone is done once).
 
     Exact index permutation when ``m`` is a signed permutation matrix; bilinear interpolation (zeros outside)
     otherwise. Array rows run along -y, columns along +x (escnn's convention).
     """
-    return _grid_operator(m)(x)
-
-
-def _grid_operator(m: np.ndarray) -> Callable[[Tensor], Tensor]:
-    """:func:`grid_action` of ``m`` as a function of ``x``, with the work that depends on ``m`` alone done once."""
     if np.allclose(m, np.round(m), atol=1e-9):
         entries = tuple(np.round(m).astype(int).flatten().tolist())
 
@@ -138,7 +133,7 @@ def _grid_operator(m: np.ndarray) -> Callable[[Tensor], Tensor]:
 
 def _square_size(x: Tensor) -> int:
     if x.shape[-2] != x.shape[-1]:
-        raise ValueError(f"grid_action needs square maps, got {tuple(x.shape[-2:])}")
+        raise ValueError(f"the grid action needs square maps, got {tuple(x.shape[-2:])}")
     return x.shape[-1]
 
 
@@ -354,22 +349,18 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         return self.equivariant.export()
 
 
-def relaxed_r2conv(
+def relax(
+    conv: enn.R2Conv,
     relaxed: bool,
-    in_type: enn.FieldType,
-    out_type: enn.FieldType,
-    kernel_size: int,
     generators: Generators = "grid",
     init_std: float = 1e-4,
     penalty_examples: int | None = None,
-    **conv_kwargs,
 ) -> enn.EquivariantModule:
-    """An ``R2Conv(in_type -> out_type, kernel_size, **conv_kwargs)``, relaxed when ``relaxed`` is true
-    (see :class:`RelaxedR2Conv` for the other arguments).
+    """``conv`` itself for a plain model, else ``conv(x) + theta * W(x)`` (a :class:`RelaxedR2Conv`, which
+    documents the options).
 
-    ``recompute`` defaults to True: escnn otherwise shares one sampled-basis module between all convolutions
-    of the same types in the process, so casting or moving one model (``.double()``, ``.cuda()``) would
-    silently change every other model built from that basis.
+    Build ``conv`` with ``recompute=True``: escnn otherwise shares one sampled-basis module between all
+    convolutions of the same types in the process, so casting or moving one model (``.double()``, ``.cuda()``)
+    would silently change every other model built from that basis.
     """
-    conv = enn.R2Conv(in_type, out_type, kernel_size, **{"recompute": True, **conv_kwargs})
     return RelaxedR2Conv(conv, generators, init_std, penalty_examples) if relaxed else conv
