@@ -13,9 +13,9 @@ import torch
 from escnn import gspaces
 from escnn import nn as enn
 
+from relaxbench.families.fields import RelaxedR2Conv
 from relaxbench.methods import get_method
 from relaxbench.models import _plume, conv, equiv, lift, rsteer
-from relaxbench.families.fields import RelaxedR2Conv
 from relaxbench.models._rsteer import RSteerConv
 from relaxbench.relax import prior_penalty, relaxation_penalty, relaxed_layers, set_theta
 from relaxbench.symmetry import GroupElement, equivariance_error
