@@ -33,6 +33,7 @@ the task's primary metric, ``metric_unit`` its unit and ``lower_is_better`` its 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -56,6 +57,7 @@ __all__ = [
     "WILCOXON_MIN_PAIRS",
     "aggregate",
     "collect",
+    "extra_test_metrics",
     "paired_difference",
     "read_tables",
     "summarize",
@@ -147,10 +149,14 @@ def _row(record_path: Path, results_dir: Path) -> dict:
     except (ValueError, TypeError) as err:
         raise LeaderboardError(f"{record_path}: unreadable run record ({err})") from None
     data = asdict(record)
-    row = {k: v for k, v in data.items() if k not in ("train", "val", "test", "versions", "run_config")}
-    for split in ("train", "val", "test"):
-        row.update({f"{split}_{name}": value for name, value in data[split].items()})
+    row = {
+        k: v for k, v in data.items() if k not in ("train", "val", "test", "tests", "versions", "run_config")
+    }
+    splits = {"train": data["train"], "val": data["val"], "test": data["test"], **data["tests"]}
+    for split, values in splits.items():
+        row.update({f"{split}_{name}": value for name, value in values.items()})
     row["test_metric"] = record.test.get(record.metric)
+    row.update({f"{split}_metric": values.get(record.metric) for split, values in data["tests"].items()})
     row.update({f"version_{pkg}": version for pkg, version in sorted(record.versions.items())})
     row["metric_version"] = data["run_config"].get("metric_version", 1)  # records before it was kept: 1
     row["run_dir"] = record_path.parent.relative_to(results_dir).as_posix()
@@ -214,6 +220,12 @@ def collect(results_dir: str | Path, expected: Iterable[RunSpec] | None = None) 
             stacklevel=2,
         )
     return board.sort_values(["task", "model", "method", "seed"], kind="stable").reset_index(drop=True)
+
+
+def extra_test_metrics(board: pd.DataFrame) -> tuple[str, ...]:
+    """The primary metric's columns of further test splits (``test_<name>_metric``, e.g. ``test_domain_metric``
+    of the smoke plumes; see ``Task.test_splits``), which :func:`aggregate` summarises like ``test_metric``."""
+    return tuple(sorted(c for c in board if re.fullmatch(r"test_\w+_metric", c)))
 
 
 def _quiet_stats(func, *args, **kwargs):
@@ -332,7 +344,8 @@ def aggregate(
 
     Columns: ``task, model, method, family, metric, metric_unit, lower_is_better``; ``n_total, n_ok,
     n_diverged, n_failed, n_missing`` and ``not_ok`` (seed, status and reason of every run left out);
-    ``<q>_n/_mean/_std/_ci_low/_ci_high`` for every ``q`` in :data:`QUANTITIES`;
+    ``<q>_n/_mean/_std/_ci_low/_ci_high`` for every ``q`` in :data:`QUANTITIES` and in
+    :func:`extra_test_metrics`;
     ``<q>_vs_equivariant_n/_mean/_ci_low/_ci_high/_p_ttest/_p_wilcoxon/_dz`` for ``q`` in
     :data:`PAIRED_QUANTITIES` (NaN for the baseline itself and where it has no ``ok`` run);
     ``test_metric_vs_equivariant_mde/_effect/_seeds_needed/_powered/_verdict`` (:func:`_power_columns`;
@@ -346,6 +359,7 @@ def aggregate(
     )
     families = board.dropna(subset=["family"]).groupby("model")["family"].first()
     rows, samples = [], {}
+    quantities = QUANTITIES + extra_test_metrics(board)
     for key, runs in board.groupby(GROUP, sort=True):
         task, model, method = key
         good = runs[runs["status"] == "ok"]
@@ -361,7 +375,7 @@ def aggregate(
             **{f"n_{s}": int(counts.get(s, 0)) for s in ("ok", "diverged", "failed", "missing")},
             "not_ok": _not_ok_summary(runs),
         }
-        for q in QUANTITIES:
+        for q in quantities:
             row.update(_prefixed(q, summarize(good[q])))
         base = ok[(ok["task"] == task) & (ok["model"] == model) & (ok["method"] == BASELINE)]
         for q in PAIRED_QUANTITIES:

@@ -71,9 +71,11 @@ class RunRecord:
 
     Metrics of the *evaluated* model (projected to theta = 0 unless the method keeps its free branch) are
     dicts ``{metric_name: value}``, with ``"loss"`` among them; names carry their units (e.g. ``mse_pos``,
-    ``accuracy``, ``energy_mae_kcal_mol``). Equivariance errors ``equiv_<when>_<kind>`` are relative to the
-    input-dependent part of the output (dimensionless, :mod:`relaxbench.symmetry`); ``equiv_<when>_<kind>_abs``
-    are the same errors in the output's units. ``exported``
+    ``accuracy``, ``energy_mae_kcal_mol``). ``test`` is the primary test split; ``tests`` holds the metrics of
+    a task's further test splits by split name (e.g. ``{"test_domain": {...}}`` for the smoke plumes).
+    Equivariance errors ``equiv_<when>_<kind>`` are relative to the input-dependent part of the output
+    (dimensionless, :mod:`relaxbench.symmetry`); ``equiv_<when>_<kind>_abs`` are the same errors in the
+    output's units. ``exported``
     says whether the metrics came from the model's plain-torch export (``export_for_eval``).
     """
 
@@ -94,6 +96,7 @@ class RunRecord:
     train: dict[str, float] = field(default_factory=dict)
     val: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
+    tests: dict[str, dict[str, float]] = field(default_factory=dict)
     gen_gap: float | None = None
     test_metric_unprojected: float | None = None
     theta_unprojected: float | None = None

@@ -93,7 +93,8 @@ def build_model(resolved: Mapping[str, Any], task: Task, method: Method) -> tupl
 def evaluate(
     model: nn.Module, task: Task, split: Split, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Mean of every per-example metric (and ``loss``) over a split, model in eval mode."""
+    """Every metric (and ``loss``) over a split, model in eval mode: the means of the per-example values, then
+    :meth:`Task.reduce_metrics` (e.g. a pooled RMSE)."""
     model.eval()
     sums: dict[str, float] = {}
     for batch in split.batches(batch_size, device=device):
@@ -102,7 +103,7 @@ def evaluate(
             values = task.metric_values(pred, batch)
         for name, v in values.items():
             sums[name] = sums.get(name, 0.0) + float(v.detach().double().sum())
-    return {name: total / len(split) for name, total in sums.items()}
+    return task.reduce_metrics({name: total / len(split) for name, total in sums.items()})
 
 
 def _optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -440,6 +441,10 @@ def train_run(
         record.exported = evaluated is not trainer.model
         for split in ("train", "val", "test"):
             setattr(record, split, evaluate(evaluated, task, splits[split], bs, device))
+        record.tests = {
+            name: evaluate(evaluated, task, splits[name], bs, device) for name in task.test_splits[1:]
+        }
+        artifacts = task.artifacts(evaluated, splits, bs, device)
         record.gen_gap = record.test["loss"] - record.train["loss"]
         t_eval = time.perf_counter()
         final = trainer.equivariance_error()
@@ -452,19 +457,24 @@ def train_run(
             record.test_metric_unprojected = unprojected[task.primary.name]
             record.theta_unprojected = best_theta
             set_theta(trainer.model, eval_theta)
+    else:
+        artifacts = {}
     record.wall_time_s = time.perf_counter() - t_start
     record.peak_memory_mb = _peak_memory_mb(device)
-    _publish(run_dir, record, trainer)
+    _publish(run_dir, record, trainer, artifacts)
     return record
 
 
-def _publish(run_dir: Path, record: RunRecord, trainer: Trainer) -> None:
-    """Write the run's files into a staging folder, then move them in place, ``record.json`` last.
+def _publish(run_dir: Path, record: RunRecord, trainer: Trainer, artifacts: Mapping[str, bytes]) -> None:
+    """Write the run's files (and the task's ``artifacts``) into a staging folder, then move them in place,
+    ``record.json`` last.
 
     A rerun killed before this point leaves an earlier finished run untouched.
     """
     stage = run_dir / ".partial"
-    files = ["history.csv", "record.json"]
+    files = [*artifacts, "history.csv", "record.json"]
+    for name, content in artifacts.items():
+        atomic_write_bytes(stage / name, content)
     atomic_write_text(stage / "history.csv", pd.DataFrame(trainer.history).to_csv(index=False))
     if record.status == "ok":
         _save_torch(stage / "model.pt", trainer.model.state_dict())

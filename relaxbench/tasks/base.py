@@ -88,6 +88,10 @@ class Task(abc.ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     needs_grad: ClassVar[bool] = False
     generator_version: ClassVar[str] = "1"
+    #: The test splits :meth:`load_splits` returns: ``"test"`` (the primary one: the record's ``test``
+    #: metrics, the equivariance examples), then any further ones named ``"test_<name>"``, whose metrics the
+    #: record keeps in ``tests`` (e.g. the smoke plumes' ``test_domain``).
+    test_splits: ClassVar[tuple[str, ...]] = ("test",)
 
     def __init__(self, params: Mapping[str, Any] | None, data_dir: str | Path) -> None:
         params = dict(params or {})
@@ -106,7 +110,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def load_splits(self) -> dict[str, Split]:
-        """``{"train", "val", "test"}`` splits from ``self.data_dir`` (``prepare`` must have run)."""
+        """``"train"``, ``"val"`` and the :attr:`test_splits` from ``self.data_dir`` (``prepare`` must have run)."""
 
     @property
     @abc.abstractmethod
@@ -138,7 +142,21 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def metric_values(self, pred: Any, batch: Batch) -> dict[str, Tensor]:
-        """Per-example values ``[B]`` of every metric in ``metrics``, and of ``"loss"``."""
+        """Per-example values ``[B]`` of ``"loss"`` and of every metric in ``metrics`` that
+        :meth:`reduce_metrics` does not derive."""
+
+    def reduce_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        """A split's metrics from the means of the per-example values (e.g. a pooled RMSE, the square root of
+        the mean squared error); by default the means themselves."""
+        return means
+
+    def artifacts(
+        self, model: nn.Module, splits: Mapping[str, Split], batch_size: int, device: torch.device
+    ) -> dict[str, bytes]:
+        """Extra files of a finished run (file name -> content), written into the run directory beside
+        ``record.json``, e.g. error curves the record's scalars cannot hold; ``model`` is the evaluated one.
+        None by default."""
+        return {}
 
     # --- symmetry ---------------------------------------------------------------------------------
     @abc.abstractmethod
