@@ -16,24 +16,32 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from escnn import gspaces
 from escnn import nn as enn
 from torch import Tensor, nn
 
 from relaxbench.families import fields
+from relaxbench.models._scale import RelaxedScaleLift, ScaleConv
 
 __all__ = [
+    "KERNEL_SIZE",
+    "SCALES",
     "SYMMETRIES",
     "PlumeCNN",
     "RelaxOptions",
+    "ScaleNet",
     "SteerableNet",
     "c4_net",
     "c4_types",
     "check_spec",
     "cnn_parameters",
+    "input_encoder",
+    "kernel_size_for",
     "matched_cnn",
     "parameter_count",
     "r2conv",
+    "scale_net",
     "stack_frames",
     "steerable_stack",
 ]
@@ -56,6 +64,17 @@ def check_spec(spec: Mapping, model: str) -> str:
             f"model {model!r}: spec key 'symmetry' must be one of {list(SYMMETRIES)}, got {symmetry!r}"
         )
     return symmetry
+
+
+#: Per-symmetry defaults of the kernel size (the paper's: 3 for the C4 models, 5 for the scale models).
+KERNEL_SIZE = {"rotation": 3, "scale": 5}
+#: The scales of the scale models' scale axis (the paper's).
+SCALES = (1.0, 1.5, 2.0, 2.5)
+
+
+def kernel_size_for(symmetry: str, kernel_size: int | None) -> int:
+    """``kernel_size``, or the symmetry's default when it is ``None``."""
+    return KERNEL_SIZE[symmetry] if kernel_size is None else kernel_size
 
 
 def stack_frames(batch: Mapping[str, Tensor]) -> Tensor:
@@ -210,3 +229,95 @@ class SteerableNet(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.body(enn.GeometricTensor(stack_frames(batch), self.in_type)).tensor
+
+
+def input_encoder(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    """The Lift models' MLP of the flattened input window: ``Linear -> BatchNorm1d -> ReLU`` twice, then
+    ``Linear(hidden -> out_features)``."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, out_features),
+    )
+
+
+class ScaleNet(nn.Module):
+    """A scale-steerable forecaster: ``frames [B, T, 2, H, W]`` (``2 T`` channels) -> ``convs[0]`` (a lifting
+    :class:`~relaxbench.models._scale.ScaleConv`, possibly relaxed) -> ReLU -> ... -> ``convs[-1]`` (to 2
+    channels) -> mean over the scale axis -> ``[B, 2, H, W]``.
+
+    With an ``encoder`` (the Lift model), its output on the flattened window joins as extra channels, constant
+    over space and scales, before convolution ``lift_after``.
+
+    Attributes:
+        layers, kernel_size: the number of convolutions and their kernel size (for a matched plain CNN).
+    """
+
+    def __init__(
+        self,
+        convs: Sequence[nn.Module],
+        kernel_size: int,
+        encoder: nn.Module | None = None,
+        lift_after: int = 2,
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.encoder, self.lift_after = encoder, lift_after
+        self.layers, self.kernel_size = len(convs), kernel_size
+
+    def per_scale(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """``[B, 2, S, H, W]``: the output channels at every scale, before the mean over scales."""
+        x = stack_frames(batch)
+        h = x
+        for i, conv in enumerate(self.convs):
+            if self.encoder is not None and i == self.lift_after:
+                extra = self.encoder(x.flatten(1))[:, :, None, None, None].expand(-1, -1, *h.shape[2:])
+                h = torch.cat([h, extra], 1)
+            h = conv(h)
+            if i < len(self.convs) - 1:
+                h = torch.relu(h)
+        return h
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.per_scale(batch).mean(2)
+
+
+def scale_net(
+    spec: Mapping,
+    relax: RelaxOptions,
+    hidden: int,
+    layers: int,
+    kernel_size: int,
+    scales: Sequence[float],
+    effective_size: int,
+    per_position: bool = False,
+    encoder_hidden: int | None = None,
+    lift_channels: int = 0,
+) -> ScaleNet:
+    """``layers`` scale-steerable convolutions ``2 T_in -> hidden -> ... -> hidden -> 2`` (the first lifts to the
+    scale axis and carries the paper's relaxation if ``relax.relaxed``); ``per_position``: the relaxed
+    scale-steerable (RSteer) form; ``encoder_hidden``: the Lift model, whose encoder adds ``lift_channels``
+    before the third convolution."""
+    if layers < 2:
+        raise ValueError(f"layers must be >= 2, got {layers}")
+    outs = [hidden] * (layers - 1) + [2]
+    ins = [2 * spec["in_frames"]] + outs[:-1]
+    encoder = None
+    if encoder_hidden is not None:
+        if layers <= 2:
+            raise ValueError(f"a Lift model needs layers > 2, got {layers}")
+        encoder = input_encoder(ins[0] * spec["size"] ** 2, encoder_hidden, lift_channels)
+        ins[2] += lift_channels
+    convs: list[nn.Module] = []
+    for i, (c_in, c_out) in enumerate(zip(ins, outs)):
+        conv = ScaleConv(
+            c_in, c_out, kernel_size, scales, effective_size, lift=i == 0, per_position=per_position
+        )
+        if i == 0 and relax.relaxed:
+            conv = RelaxedScaleLift(conv, relax.free_init_std, relax.penalty_examples)
+        convs.append(conv)
+    return ScaleNet(convs, kernel_size, encoder)

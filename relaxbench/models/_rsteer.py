@@ -33,7 +33,20 @@ import torch
 from escnn import nn as enn
 from torch import Tensor, nn
 
-__all__ = ["RSteerConv", "steerable_basis"]
+__all__ = ["RSteerConv", "position_smoothness", "steerable_basis"]
+
+
+def position_smoothness(coefficients: Tensor, kernel_size: int) -> Tensor:
+    """Mean ``|w[..., s] - w[..., s']|`` over ``coefficients [..., k * k]`` (positions of a ``k x k`` kernel,
+    row-major) and all pairs of grid-neighbouring positions ``s, s'`` (horizontal and vertical); zero exactly
+    when every coefficient is the same at all positions. A last axis of size 1 (coefficients shared by all
+    positions) scores 0."""
+    if coefficients.shape[-1] == 1:
+        return coefficients.new_zeros(())
+    grid = coefficients.unflatten(-1, (kernel_size, kernel_size))
+    across = (grid[..., :, 1:] - grid[..., :, :-1]).abs()
+    down = (grid[..., 1:, :] - grid[..., :-1, :]).abs()
+    return (across.sum() + down.sum()) / (across.numel() + down.numel())
 
 
 def steerable_basis(in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int) -> Tensor:
@@ -94,13 +107,8 @@ class RSteerConv(enn.R2Conv):
         return kernel, bias
 
     def smoothness(self) -> Tensor:
-        """Mean ``|w[..., s] - w[..., s']|`` over all coefficients and grid-neighbouring positions ``s, s'``
-        (horizontal and vertical); zero exactly when the coefficients are tied."""
-        k = self.kernel_size
-        grid = self.coefficients.unflatten(-1, (k, k))
-        across = (grid[..., :, 1:] - grid[..., :, :-1]).abs()
-        down = (grid[..., 1:, :] - grid[..., :-1, :]).abs()
-        return (across.sum() + down.sum()) / (across.numel() + down.numel())
+        """:func:`position_smoothness` of the coefficients (zero exactly when they are tied)."""
+        return position_smoothness(self.coefficients, self.kernel_size)
 
     @torch.no_grad()
     def tie_(self) -> RSteerConv:

@@ -1,62 +1,78 @@
 """``rsteer``: the relaxed steerable CNN forecaster of smoke plumes (RSteer, Wang, Walters and Yu 2022).
 
-The ``equiv`` network with every ``R2Conv`` replaced by a :class:`~relaxbench.models._rsteer.RSteerConv`, whose
-steerable-basis coefficients may differ at each kernel position. The architecture's own prior,
-``alpha * sum_layers smoothness`` (mean absolute difference of coefficients at neighbouring kernel positions),
-is added to the training loss under every method (:class:`relaxbench.relax.WeightPrior`). With tied
-coefficients (:meth:`RSteerNet.tie_`, or at initialisation) the network is exactly the C4-equivariant ``equiv``
-network; ``alpha -> infinity`` forces that.
+The ``equiv`` network (C4 or scale, by the spec's symmetry) with coefficients of the steerable basis that may
+differ at each kernel position: :class:`~relaxbench.models._rsteer.RSteerConv` for C4, per-position
+:class:`~relaxbench.models._scale.ScaleConv` for scale. The architecture's own prior, ``alpha * sum_layers
+smoothness`` (mean absolute difference of coefficients at neighbouring kernel positions), is added to the
+training loss under every method (:class:`relaxbench.relax.WeightPrior`). With tied coefficients
+(:meth:`RSteerNet.tie_`, or at initialisation) the network is exactly the ``equiv`` network; ``alpha ->
+infinity`` forces that.
 
-``relaxed=True`` puts the paper's free ``Conv2d`` beside every RSteer layer
-(:class:`~relaxbench.families.fields.RelaxedR2Conv`): RSteer + the ``relaxed`` method is the paper's "Ours" row
-of its Table 2. Projection (theta = 0) removes the free branches; the result is RSteer, approximately
-equivariant by design.
+``relaxed=True`` adds the paper's free ``Conv2d`` beside every C4 layer, or beside the first layer of the scale
+model: RSteer + the ``relaxed`` method is the paper's "Ours" row of its Table 2. Projection (theta = 0) removes
+the free branches; the result is RSteer, approximately equivariant by design.
 
-Parameters (CPU-scale defaults; the paper's sizes in configs/paper.yaml: hidden 92, layers 5, kernel 3,
-alpha 1e-5): ``hidden`` regular fields (8), ``layers`` (5), ``kernel_size`` (3), ``alpha`` (1e-5),
-``batch_norm`` (False, as published: the published RSteer has none), ``free_init_std`` (1e-4),
-``penalty_examples`` (4).
+Parameters (CPU-scale defaults; the paper's in configs/paper.yaml: rotation hidden 92, layers 5, kernel 3,
+alpha 1e-5; scale hidden 64, layers 5, kernel 5, alpha 1e-6): ``hidden`` (8), ``layers`` (5), ``kernel_size``
+(``null``: 3 rotation, 5 scale), ``alpha`` (``null``: 1e-5 rotation, 1e-6 scale), ``batch_norm`` (False,
+rotation only: the published RSteer has none), ``scales`` and ``effective_size`` (scale only, as ``equiv``),
+``free_init_std`` (1e-4), ``penalty_examples`` (4).
 
 Published differences (on purpose): the smoothness term enters the loss as ``alpha * sum`` on every device (the
-published script squares it through an ``MSELoss`` against 0 and skips it without CUDA); the layer's bias is
-equivariant; see :mod:`relaxbench.models._rsteer`.
+published script squares it through an ``MSELoss`` against 0 and skips it without CUDA); neighbours are grid
+neighbours; the C4 layer's bias is equivariant; see :mod:`relaxbench.models._rsteer`.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
 
 from relaxbench.models import _plume
-from relaxbench.models._plume import RelaxOptions, SteerableNet
+from relaxbench.models._plume import RelaxOptions
 from relaxbench.models._rsteer import RSteerConv
+from relaxbench.models._scale import ScaleConv
 from relaxbench.relax import WeightPrior
 
-__all__ = ["FAMILY", "RSteerNet", "build", "build_unconstrained"]
+__all__ = ["ALPHA", "FAMILY", "RSteerNet", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
 
+#: The published smoothness weights.
+ALPHA = {"rotation": 1e-5, "scale": 1e-6}
 
-class RSteerNet(SteerableNet, WeightPrior):
-    """A :class:`~relaxbench.models._plume.SteerableNet` of RSteer layers with the smoothness prior ``alpha``."""
 
-    def __init__(self, net: SteerableNet, alpha: float) -> None:
-        super().__init__(net.in_type, net.body, net.layers, net.kernel_size)
+class RSteerNet(nn.Module, WeightPrior):
+    """A forecaster ``net`` of relaxed steerable layers with the smoothness prior ``alpha`` (dimensionless).
+
+    Attributes:
+        layers, kernel_size: ``net``'s (for a matched plain CNN).
+    """
+
+    def __init__(self, net: nn.Module, alpha: float) -> None:
+        super().__init__()
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
-        self.alpha = alpha
+        self.net, self.alpha = net, alpha
+        self.layers, self.kernel_size = net.layers, net.kernel_size
 
-    def rsteer_layers(self) -> list[RSteerConv]:
-        return [m for m in self.modules() if isinstance(m, RSteerConv)]
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.net(batch)
+
+    def relaxed_convs(self) -> list[RSteerConv | ScaleConv]:
+        """The layers whose coefficients vary over kernel positions."""
+        return [m for m in self.modules() if isinstance(m, (RSteerConv, ScaleConv))]
 
     def prior_penalty(self) -> Tensor:
-        """``alpha * sum_layers smoothness`` (:meth:`RSteerConv.smoothness`)."""
-        layers = self.rsteer_layers()
-        return self.alpha * sum((layer.smoothness() for layer in layers[1:]), layers[0].smoothness())
+        """``alpha * sum_layers smoothness``."""
+        convs = self.relaxed_convs()
+        return self.alpha * sum((conv.smoothness() for conv in convs[1:]), convs[0].smoothness())
 
     def tie_(self) -> RSteerNet:
-        """Tie every layer's coefficients to their mean over kernel positions (an exactly equivariant net)."""
-        for layer in self.rsteer_layers():
-            layer.tie_()
+        """Tie every layer's coefficients to their mean over kernel positions (the ``equiv`` network)."""
+        for conv in self.relaxed_convs():
+            conv.tie_()
         return self
 
 
@@ -65,20 +81,23 @@ def build(
     relaxed: bool = False,
     hidden: int = 8,
     layers: int = 5,
-    kernel_size: int = 3,
-    alpha: float = 1e-5,
+    kernel_size: int | None = None,
+    alpha: float | None = None,
     batch_norm: bool = False,
+    scales: Sequence[float] = _plume.SCALES,
+    effective_size: int = 7,
     free_init_std: float = 1e-4,
     penalty_examples: int | None = 4,
 ) -> RSteerNet:
     """The relaxed steerable CNN for a plume spec (module docstring)."""
-    if _plume.check_spec(spec, "rsteer") != "rotation":
-        raise ValueError(
-            "model 'rsteer': the scale form is not built yet; choices for symmetry: ['rotation']"
-        )
+    symmetry = _plume.check_spec(spec, "rsteer")
+    k = _plume.kernel_size_for(symmetry, kernel_size)
     relax = RelaxOptions(relaxed, free_init_std, penalty_examples)
-    net = _plume.c4_net(spec, RSteerConv, relax, hidden, layers, kernel_size, batch_norm)
-    return RSteerNet(net, alpha)
+    if symmetry == "scale":
+        net = _plume.scale_net(spec, relax, hidden, layers, k, scales, effective_size, per_position=True)
+    else:
+        net = _plume.c4_net(spec, RSteerConv, relax, hidden, layers, k, batch_norm)
+    return RSteerNet(net, ALPHA[symmetry] if alpha is None else alpha)
 
 
 def build_unconstrained(spec: dict, **params) -> _plume.PlumeCNN:
