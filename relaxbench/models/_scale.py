@@ -41,8 +41,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from relaxbench.families import RelaxedLayer, make_finite_action
 from relaxbench.models._rsteer import position_smoothness
-from relaxbench.relax import RelaxedLayer, make_finite_action
 
 __all__ = ["RelaxedScaleLift", "ScaleConv", "downscale", "hermite_gaussian_basis", "scale_pairs"]
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 from relaxbench.models import _plume
 from relaxbench.models._plume import PlumeCNN, RelaxOptions
 
-__all__ = ["FAMILY", "build", "build_unconstrained"]
+__all__ = ["FAMILY", "TASK_KINDS", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"plume": "none"}
 
 
 def build(

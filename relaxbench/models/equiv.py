@@ -32,9 +32,11 @@ from torch import nn
 from relaxbench.models import _plume
 from relaxbench.models._plume import RelaxOptions
 
-__all__ = ["FAMILY", "build", "build_unconstrained"]
+__all__ = ["FAMILY", "TASK_KINDS", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"plume": "C4 (rotation spec); scale, approximately (scale spec)"}
 
 
 def build(

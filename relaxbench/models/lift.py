@@ -31,9 +31,11 @@ from torch import Tensor, nn
 from relaxbench.models import _plume
 from relaxbench.models._plume import RelaxOptions
 
-__all__ = ["FAMILY", "LiftNet", "build", "build_unconstrained"]
+__all__ = ["FAMILY", "TASK_KINDS", "LiftNet", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"plume": "none: its encoder breaks C4 (rotation spec) and scale (scale spec)"}
 
 LIFT_AFTER = 2  # convolutions before the encoder's features join (as published)
 

@@ -35,9 +35,13 @@ from relaxbench.models._rsteer import RSteerConv
 from relaxbench.models._scale import ScaleConv
 from relaxbench.relax import WeightPrior
 
-__all__ = ["ALPHA", "FAMILY", "RSteerNet", "build", "build_unconstrained"]
+__all__ = ["ALPHA", "FAMILY", "TASK_KINDS", "RSteerNet", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {
+    "plume": "C4 with tied coefficients, approximately otherwise (rotation spec); scale, approximately (scale spec)"
+}
 
 #: The published smoothness weights.
 ALPHA = {"rotation": 1e-5, "scale": 1e-6}
