@@ -7,7 +7,9 @@ Time is the process's CPU time (one torch thread), which a shared machine distur
 the BLAS/OpenMP pools of numpy and friends are limited to the same threads, as Snakemake limits a job's
 (``OPENBLAS_NUM_THREADS`` etc.): otherwise idle OpenBLAS threads spinning after a small numpy call are
 counted as the step's CPU time.
-A step is what the trainer does: forward, task loss, the method's regulariser, backward, optimiser step.
+A step is what the trainer does: forward, task loss, the method's regulariser, the free-branch shares
+(``FreeShareMeter.update``), backward, optimiser step. The column ``shares/relaxed`` times the relaxed step with
+the share recording over the same step without it (a fourth variant timed in the same rounds).
 
     python benchmarks/bench_step_time.py [--cases tetris:tfn ...] [--rounds 7] [--steps 5] [--threads 1]
 """
@@ -24,7 +26,7 @@ import torch
 
 from relaxbench import registry
 from relaxbench.methods import get_method
-from relaxbench.relax import free_parameters, set_theta
+from relaxbench.relax import FreeShareMeter, free_parameters, set_theta
 from relaxbench.threads import limit_threads
 from relaxbench.train import regulariser
 
@@ -75,8 +77,9 @@ CASES = {
 }
 
 
-def make_step(model, task, batch, method, theta):
+def make_step(model, task, batch, method, theta, shares=True):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    meter = FreeShareMeter(model)
 
     def step():
         set_theta(model, theta)
@@ -84,6 +87,8 @@ def make_step(model, task, batch, method, theta):
         pred = task.predict(model, batch)
         loss = task.loss(pred, batch)
         reg, _ = regulariser(model, method, theta)
+        if shares:
+            meter.update()
         optimizer.zero_grad(set_to_none=True)
         (loss + reg).backward()
         optimizer.step()
@@ -107,6 +112,7 @@ def time_case(name: str, rounds: int, steps: int) -> dict[str, float]:
         "plain": make_step(plain, task, batch, get_method("equivariant"), 0.0),
         "relaxed": make_step(relaxed, task, batch, method, 0.5),
         "theta0": make_step(relaxed, task, batch, method, 0.0),
+        "no_shares": make_step(relaxed, task, batch, method, 0.5, shares=False),
     }
     for step in variants.values():  # warm-up
         step()
@@ -124,6 +130,7 @@ def time_case(name: str, rounds: int, steps: int) -> dict[str, float]:
         "free_over_plain_params": sum(p.numel() for p in free_parameters(relaxed)) / n_plain,
         "relaxed_over_plain": ratio("relaxed"),
         "theta0_over_plain": ratio("theta0"),
+        "shares_over_relaxed": statistics.median(a / b for a, b in zip(times["relaxed"], times["no_shares"])),
     }
 
 
@@ -139,11 +146,15 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps"
     )
-    print(f"{'case':<44}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}")
+    print(
+        f"{'case':<44}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}"
+        f"{'shares/relaxed':>16}"
+    )
     for name in args.cases:
         r = time_case(name, args.rounds, args.steps)
         print(
-            f"{name:<44}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}{r['free_over_plain_params']:>12.2f}x"
+            f"{name:<44}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}"
+            f"{r['free_over_plain_params']:>12.2f}x{r['shares_over_relaxed']:>16.3f}"
         )
 
 

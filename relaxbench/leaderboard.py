@@ -25,6 +25,14 @@ used in a statistic):
   ``p >= alpha`` (0.05, no correction for multiple comparisons), or cannot separate them (fewer than two
   runs on a side, or both constant and equal, so the p-value is undefined).
 
+Relaxation activity (per run): ``free_share_peak``, the largest epoch mean of any relaxed layer's free-branch
+share ``theta ||W x|| / ||f_eq x||`` during training; ``projection_gap = test_metric_unprojected - test_metric``
+(the free branch on, at the selected epoch's theta, minus the projected model; NaN where the selected epoch had
+theta = 0 or the method does not project); ``relaxation_inactive``, true for a run with relaxed layers whose
+peak share stayed below :data:`INACTIVE_SHARE` (1 %): its free branch never did anything, so a tie with
+``equivariant`` says nothing about the method. Aggregates count these runs (``n_relaxation_inactive``) and set
+``relaxation_inactive`` when every ``ok`` run of the entry was.
+
 Metric columns carry the metric's name, which carries its unit (e.g. ``test_mse_pos``); ``metric`` names
 the task's primary metric, ``metric_unit`` its unit and ``lower_is_better`` its direction, and
 ``test_metric`` repeats its test value so that tables of different tasks line up.
@@ -51,6 +59,7 @@ __all__ = [
     "ALPHA",
     "BASELINE",
     "CONFIDENCE",
+    "INACTIVE_SHARE",
     "LeaderboardError",
     "PAIRED_QUANTITIES",
     "QUANTITIES",
@@ -69,6 +78,8 @@ BASELINE = "equivariant"
 ALPHA = 0.05
 CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6
+#: A run whose free branches never made this share of their layer's equivariant output is *relaxation inactive*.
+INACTIVE_SHARE = 0.01
 LEADERBOARD_CSV = "leaderboard.csv"
 AGGREGATES_CSV = "aggregates.csv"
 GROUP = ["task", "model", "method"]
@@ -80,6 +91,8 @@ QUANTITIES = (
     "train_loss",
     "test_loss",
     "test_metric_unprojected",
+    "projection_gap",
+    "free_share_peak",
     "equiv_init_exact",
     "equiv_init_approx",
     "equiv_final_exact",
@@ -108,6 +121,9 @@ LEAD_COLUMNS = [
     "gen_gap",
     "test_metric_unprojected",
     "theta_unprojected",
+    "projection_gap",
+    "free_share_peak",
+    "relaxation_inactive",
     "equiv_init_exact",
     "equiv_init_approx",
     "equiv_final_exact",
@@ -157,6 +173,13 @@ def _row(record_path: Path, results_dir: Path) -> dict:
         row.update({f"{split}_{name}": value for name, value in values.items()})
     row["test_metric"] = record.test.get(record.metric)
     row.update({f"{split}_metric": values.get(record.metric) for split, values in data["tests"].items()})
+    unprojected = record.test_metric_unprojected
+    row["projection_gap"] = (
+        None if unprojected is None or row["test_metric"] is None else unprojected - row["test_metric"]
+    )
+    row["relaxation_inactive"] = (
+        record.free_share_peak is not None and record.free_share_peak < INACTIVE_SHARE
+    )
     row.update({f"version_{pkg}": version for pkg, version in sorted(record.versions.items())})
     row["metric_version"] = data["run_config"].get("metric_version", 1)  # records before it was kept: 1
     row["run_dir"] = record_path.parent.relative_to(results_dir).as_posix()
@@ -170,6 +193,7 @@ def _missing_row(run: RunSpec, results_dir: Path) -> dict:
         "method": run.method,
         "seed": run.seed,
         "status": "missing",
+        "relaxation_inactive": False,
         "reason": "no record.json: the run has not finished (not started, still running, or killed)",
         "run_dir": run.path(results_dir.name, results_dir.parent).relative_to(results_dir).as_posix(),
     }
@@ -344,6 +368,7 @@ def aggregate(
 
     Columns: ``task, model, method, family, metric, metric_unit, lower_is_better``; ``n_total, n_ok,
     n_diverged, n_failed, n_missing`` and ``not_ok`` (seed, status and reason of every run left out);
+    ``n_relaxation_inactive`` (ok runs) and ``relaxation_inactive`` (all ok runs, at least one);
     ``<q>_n/_mean/_std/_ci_low/_ci_high`` for every ``q`` in :data:`QUANTITIES` and in
     :func:`extra_test_metrics`;
     ``<q>_vs_equivariant_n/_mean/_ci_low/_ci_high/_p_ttest/_p_wilcoxon/_dz`` for ``q`` in
@@ -373,6 +398,7 @@ def aggregate(
             **{c: meta.at[task, c] if task in meta.index else None for c in meta.columns},
             "n_total": len(runs),
             **{f"n_{s}": int(counts.get(s, 0)) for s in ("ok", "diverged", "failed", "missing")},
+            "n_relaxation_inactive": int(good["relaxation_inactive"].eq(True).sum()),
             "not_ok": _not_ok_summary(runs),
         }
         for q in quantities:
@@ -385,6 +411,7 @@ def aggregate(
                 continue
             pairs = good[["seed", q]].merge(base[["seed", q]], on="seed", suffixes=("", "_base")).dropna()
             row.update(_prefixed(prefix, paired_difference(pairs[q], pairs[f"{q}_base"])))
+        row["relaxation_inactive"] = bool(len(good)) and row["n_relaxation_inactive"] == len(good)
         lower = task not in meta.index or bool(meta.at[task, "lower_is_better"])
         baseline_mean = float(base["test_metric"].mean()) if method != BASELINE and len(base) else math.nan
         row.update(_power_columns(row, baseline_mean, lower, alpha, effect, power))

@@ -75,7 +75,9 @@ class RunRecord:
     a task's further test splits by split name (e.g. ``{"test_domain": {...}}`` for the smoke plumes).
     Equivariance errors ``equiv_<when>_<kind>`` are relative to the input-dependent part of the output
     (dimensionless, :mod:`relaxbench.symmetry`); ``equiv_<when>_<kind>_abs`` are the same errors in the
-    output's units. ``exported``
+    output's units. ``free_share_peak`` is the largest epoch mean of any relaxed layer's free-branch share
+    ``theta ||W x|| / ||f_eq x||`` (``history.csv`` columns ``share:<layer>``; ``None`` for a model without
+    relaxed layers). ``exported``
     says whether the metrics came from the model's plain-torch export (``export_for_eval``).
     """
 
@@ -100,6 +102,7 @@ class RunRecord:
     gen_gap: float | None = None
     test_metric_unprojected: float | None = None
     theta_unprojected: float | None = None
+    free_share_peak: float | None = None
     equiv_init_exact: float | None = None
     equiv_init_approx: float | None = None
     equiv_final_exact: float | None = None

@@ -36,7 +36,14 @@ from relaxbench import registry
 from relaxbench.config import run_hash
 from relaxbench.methods import Method, get_method
 from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
-from relaxbench.relax import free_parameters, prior_penalty, relaxation_penalty, set_theta
+from relaxbench.relax import (
+    FreeShareMeter,
+    free_parameters,
+    prior_penalty,
+    relaxation_penalty,
+    relaxed_layers,
+    set_theta,
+)
 from relaxbench.symmetry import EquivarianceError, model_equivariance_error
 from relaxbench.tasks.base import Batch, Split, Task
 
@@ -187,6 +194,10 @@ def regulariser(model: nn.Module, method: Method, theta: float) -> tuple[torch.T
     return reg, {**terms, "prior": 0.0 if prior is None else prior.item()}
 
 
+#: At most this many equivariance evaluations of the unprojected model per run (:meth:`Trainer.fit`).
+UNPROJECTED_CHECKS = 5
+
+
 class Trainer:
     """State of one training run (kept in one place so that checkpoints capture all of it).
 
@@ -275,6 +286,7 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "task_loss": 0.0, "lie": 0.0, "norm": 0.0, "prior": 0.0}
+        shares = FreeShareMeter(self.model)
         n = 0
         limit = self.cfg["max_steps_per_epoch"]
         for step, batch in enumerate(
@@ -286,6 +298,7 @@ class Trainer:
             pred = self.task.predict(self.model, batch)
             task_loss = self.task.loss(pred, batch)
             reg, terms = regulariser(self.model, self.method, theta)
+            shares.update()  # before the weights change
             loss = task_loss + reg
             if not torch.isfinite(loss):
                 raise Diverged(epoch, step, float(loss))
@@ -303,8 +316,21 @@ class Trainer:
             sums["norm"] += terms["norm"]
             sums["prior"] += terms["prior"]
         row = {"epoch": epoch, "theta": theta, "lr": lr, **{k: v / max(n, 1) for k, v in sums.items()}}
+        row.update(shares.means())
         row["train_seconds"] = time.perf_counter() - t0
         return row
+
+    def unprojected_check_epochs(self) -> list[int]:
+        """Epochs after which :meth:`fit` measures the equivariance error of the unprojected model (at the
+        epoch's theta): at most :data:`UNPROJECTED_CHECKS`, evenly spaced over the epochs with theta > 0 and no
+        more than every other one of them (first and last included); none for a model without relaxed layers."""
+        if next(relaxed_layers(self.model), None) is None:
+            return []
+        active = [e for e in range(self.cfg["epochs"]) if self.schedule(e) > 0]
+        n = min(UNPROJECTED_CHECKS, -(-len(active) // 2))
+        if n < 2:
+            return active[:n]
+        return sorted({active[round(i * (len(active) - 1) / (n - 1))] for i in range(n)})
 
     def select(self, epoch: int, theta: float) -> dict[str, float]:
         """Validate the evaluated form of the model; keep the best state."""
@@ -323,8 +349,13 @@ class Trainer:
         bar = tqdm(
             range(self.start_epoch, epochs), desc="epochs", disable=self.quiet or not sys.stderr.isatty()
         )
+        checks = self.unprojected_check_epochs()
         for epoch in bar:
             row = self.train_epoch(epoch)
+            if epoch in checks:  # the model as it trains: theta of the epoch, free branch on
+                unprojected = self.equivariance_error()
+                row["equiv_unprojected_exact"] = unprojected.exact
+                row["equiv_unprojected_approx"] = unprojected.approx
             val = self.select(epoch, row["theta"])
             row.update({f"val_{k}": v for k, v in val.items()})
             self.history.append(row)
@@ -342,6 +373,13 @@ class Trainer:
                     run_dir / "checkpoint.pt",
                     {**self.checkpoint_state(epoch + 1), "config_hash": config_hash},
                 )
+
+
+def free_share_peak(history: list[Mapping[str, Any]]) -> float | None:
+    """The largest per-epoch mean free-branch share of any relaxed layer (``share:<layer>`` columns of the
+    history), or ``None`` when the history has none (no relaxed layer, or no epoch finished)."""
+    shares = [v for row in history for k, v in row.items() if k.startswith(FreeShareMeter.PREFIX)]
+    return max(shares) if shares else None
 
 
 def _store_equivariance(record: RunRecord, when: str, err: EquivarianceError) -> None:
@@ -425,6 +463,7 @@ def train_run(
         log.exception("run failed")
         record.status, record.reason = "failed", f"{type(err).__name__}: {err}"
     record.epochs_run = len(trainer.history)
+    record.free_share_peak = free_share_peak(trainer.history)
     record.steps = trainer.steps
     record.time_per_step_s = trainer.step_time / trainer.steps if trainer.steps else None
 

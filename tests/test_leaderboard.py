@@ -228,3 +228,29 @@ def test_collect_flags_records_of_an_older_metric_version(results):
     assert set(
         board.loc[board["run_dir"] != "runs/tetris/tfn/equivariant/seed0", "metric_version"].dropna()
     ) == {METRIC_VERSION}
+
+
+def test_activity_columns_flag_inactive_relaxation(results):
+    results_dir, grid = results
+    board = collect(results_dir, grid)
+    ok = board[board["status"] == "ok"].set_index(["task", "model", "method", "seed"])
+    tfn = ok.loc[("tetris", "tfn", "relaxed", 0)]
+    assert tfn["free_share_peak"] == pytest.approx(0.05)
+    assert tfn["projection_gap"] == pytest.approx(0.20 * 0.9 - 0.20)  # unprojected - projected
+    assert not tfn["relaxation_inactive"]
+    assert bool(ok.loc[("tetris", "vn", "relaxed", 1), "relaxation_inactive"])
+    base = ok.loc[("tetris", "tfn", "equivariant", 0)]
+    assert math.isnan(base["free_share_peak"]) and math.isnan(base["projection_gap"])
+    assert not base["relaxation_inactive"]
+    agg = aggregate(board).set_index(["task", "model", "method"])
+    assert agg.loc[
+        ("tetris", "vn", "relaxed"), ["n_relaxation_inactive", "relaxation_inactive"]
+    ].tolist() == [2, True]
+    assert agg.loc[
+        ("tetris", "tfn", "relaxed"), ["n_relaxation_inactive", "relaxation_inactive"]
+    ].tolist() == [0, False]
+    assert not agg.loc[("tetris", "tfn", "equivariant"), "relaxation_inactive"]
+    assert agg.loc[("tetris", "tfn", "relaxed"), "free_share_peak_mean"] == pytest.approx(0.05)
+    write_tables(results_dir, board, agg.reset_index())
+    board_read, _ = read_tables(results_dir)
+    assert board_read["relaxation_inactive"].dtype == bool

@@ -50,9 +50,8 @@ def test_relaxed_run_writes_a_complete_record(tiny_config, tmp_path):
     )  # projected: exactly equivariant
     assert record.equiv_dtype == "float64"
     assert 0 <= record.equiv_final_exact_abs < 1e-8 and record.equiv_init_exact_abs is not None
-    assert (
-        record.equiv_final_approx is None and record.equiv_final_approx_abs is None
-    )  # point data: all exact
+    # point data: every element is exact
+    assert record.equiv_final_approx is None and record.equiv_final_approx_abs is None
     assert record.params_free > 0 and record.params_total == record.params_free + record.params_equivariant
     assert record.time_per_step_s > 0 and record.wall_time_s > 0 and record.steps == 3
     assert record.versions["torch"] and record.started_at and record.config_hash
@@ -62,6 +61,40 @@ def test_relaxed_run_writes_a_complete_record(tiny_config, tmp_path):
     assert {"lie", "norm", "val_error_rate", "train_seconds"} <= set(history.columns)
     assert history["lie"].iloc[1] > 0 and history["lie"].iloc[0] == 0
     assert (out / "model.pt").exists() and not (out / ".partial").exists()
+    shares = [c for c in history if c.startswith("share:")]
+    assert len(shares) == 2  # one column per relaxed layer of tfn
+    assert (history[shares].iloc[0] == 0).all() and (history[shares].iloc[1:] > 0).all().all()
+    assert record.free_share_peak == pytest.approx(history[shares].to_numpy().max(), rel=1e-12)
+    checked = history["equiv_unprojected_exact"].notna().tolist()
+    assert checked == [False, True, False]  # theta > 0 at epochs 1 and 2: one check, the first of them
+    assert history["equiv_unprojected_exact"].iloc[1] > 1e3 * record.equiv_final_exact
+
+
+def trainer(cfg, tmp_path, method):
+    resolved = resolve_run(validate_config(cfg), RunSpec("tetris", "tfn", method, 0))
+    task = registry.get_task_class("tetris")(resolved["task_params"], tmp_path / "data")
+    if not task.prepared():
+        task.prepare()
+    return Trainer(resolved, task, task.load_splits(), torch.device("cpu"), quiet=True)
+
+
+@pytest.mark.parametrize(
+    "epochs, expected",
+    [(2, [1]), (5, [1, 4]), (8, [1, 3, 5, 7]), (40, [1, 11, 20, 29, 39])],
+)
+def test_unprojected_checks_are_few_evenly_spaced_and_at_positive_theta(
+    tiny_config, tmp_path, epochs, expected
+):
+    tiny_config["training"]["epochs"] = epochs
+    assert trainer(tiny_config, tmp_path, "relaxed").unprojected_check_epochs() == expected
+    assert trainer(tiny_config, tmp_path, "equivariant").unprojected_check_epochs() == []
+
+
+def test_equivariant_run_records_no_activity(tiny_config, tmp_path):
+    record, out = run(tiny_config, tmp_path, method="equivariant")
+    history = pd.read_csv(out / "history.csv")
+    assert record.free_share_peak is None
+    assert not [c for c in history if c.startswith(("share:", "equiv_unprojected"))]
 
 
 def test_equivariance_error_dtype_comes_from_the_config(tiny_config, tmp_path):

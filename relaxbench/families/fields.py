@@ -260,6 +260,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
 
         super().__init__(conv, free, make_finite_action(act(rho_in), act(rho_out)))
         self.in_type, self.out_type = conv.in_type, conv.out_type
+        self._fused_equivariant: tuple[Tensor, Tensor | None] | None = None  # R2Conv kernel, bias (training)
         if penalty_examples is not None and penalty_examples < 1:
             raise ValueError(f"penalty_examples must be None or >= 1, got {penalty_examples}")
         self.penalty_examples = penalty_examples
@@ -294,9 +295,28 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             return conv(x)
         self._record(x.tensor[: self.penalty_examples])
         weight, bias = conv.expand_parameters() if self.training else (conv.filter, conv.expanded_bias)
+        if self.training and self.record_input:
+            self._fused_equivariant = (weight.detach(), None if bias is None else bias.detach())
         weight = weight + self.theta * self.free.weight
         out = F.conv2d(x.tensor, weight, bias, conv.stride, conv.padding, conv.dilation)
         return enn.GeometricTensor(out, self.out_type)
+
+    def _record(self, x: Tensor) -> None:
+        super()._record(x)
+        self._fused_equivariant = None
+
+    @torch.no_grad()
+    def activity_norms(self) -> tuple[Tensor, Tensor] | None:
+        """``(||R2Conv x||, ||W x||)`` on the penalty's examples of the last training batch (the first
+        ``penalty_examples``): one convolution of them with the R2Conv's expanded kernel and the free kernel."""
+        if self._fused_equivariant is None or self._last_input is None:
+            return super().activity_norms()
+        (kernel, bias), free, x = self._fused_equivariant, self.free, self._last_input
+        out = F.conv2d(x, torch.cat([kernel, free.weight]), None, free.stride, free.padding, free.dilation)
+        eq, w_x = out.split(kernel.shape[0], dim=1)
+        if bias is not None:
+            eq = eq + bias[:, None, None]
+        return torch.linalg.vector_norm(eq), torch.linalg.vector_norm(w_x)
 
     def lie_kernels(self) -> Tensor:
         """``[G, C_out, C_in, k, k]``: ``g^-1 W g - W`` for each generator ``g``, where ``g^-1 W g`` has the

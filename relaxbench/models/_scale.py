@@ -184,7 +184,9 @@ class RelaxedScaleLift(RelaxedLayer):
         if self.theta == 0.0:
             return y
         self._record(x[: self.penalty_examples])
-        return y + self.theta * self.free(x).unflatten(1, (-1, self.n_scales))
+        w_x = self.free(x).unflatten(1, (-1, self.n_scales))
+        self._note_outputs(y, w_x)
+        return y + self.theta * w_x
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
         """``(ld, norm)``: ``sum_pairs ||W(D x)_i - D(W x)_j||^2`` and ``||W x||^2``, both averaged over the

@@ -3,6 +3,7 @@
 from relaxbench.relax.lie import FeatureAction, lie_derivative_sq, make_finite_action, make_lie_action
 from relaxbench.relax.prior import WeightPrior, prior_penalty
 from relaxbench.relax.relaxed import (
+    FreeShareMeter,
     RelaxedLayer,
     build_free,
     free_parameters,
@@ -14,6 +15,7 @@ from relaxbench.relax.schedules import SCHEDULES, Schedule, make_schedule
 
 __all__ = [
     "FeatureAction",
+    "FreeShareMeter",
     "RelaxedLayer",
     "SCHEDULES",
     "WeightPrior",

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from relaxbench.relax.lie import FeatureAction, apply_matrices
 from relaxbench.relax.relaxed import RelaxedLayer
 
-__all__ = ["DenseRelaxedLinear", "second_moment_penalty"]
+__all__ = ["DenseRelaxedLinear", "second_moment_norms", "second_moment_penalty"]
 
 
 def second_moment_penalty(
@@ -75,6 +75,31 @@ def second_moment_penalty(
             sq = sq + 2 * bias @ (weight @ m) + n * bias.pow(2).sum()
         sq = sq / batch
     return ld, sq
+
+
+@torch.no_grad()
+def second_moment_norms(
+    equivariant: Tensor, weight: Tensor, bias: Tensor | None, moments: tuple[Tensor, Tensor, int]
+) -> tuple[Tensor, Tensor]:
+    """``(||E x||, ||W x + b||)`` over the vectors ``x`` whose moments are given, for a fused forward's
+    :meth:`~relaxbench.relax.relaxed.RelaxedLayer.activity_norms`.
+
+    Args:
+        equivariant: ``E [d_out, d_in]``, the equivariant map's matrix (linear, no bias).
+        weight, bias: the free map ``W [d_out, d_in]`` and its bias ``b [d_out]`` or ``None``.
+        moments: ``(S [d_in, d_in], m [d_in], n)`` as for :func:`second_moment_penalty`.
+
+    ``sum_x ||M x||^2 = tr(M S M^T)`` for both matrices in one ``[2 d_out, d_in] @ [d_in, d_in]`` product,
+    nothing per vector (the penalty has usually computed ``S`` already).
+    """
+    s, m, n = moments
+    mats = torch.cat([equivariant, weight])
+    rows = ((mats @ s) * mats).sum(1)
+    d_out = equivariant.shape[0]
+    eq_sq, free_sq = rows[:d_out].sum(), rows[d_out:].sum()
+    if bias is not None:
+        free_sq = free_sq + 2 * bias @ (weight @ m) + n * bias.pow(2).sum()
+    return eq_sq.clamp_min(0).sqrt(), free_sq.clamp_min(0).sqrt()
 
 
 class DenseRelaxedLinear(RelaxedLayer):
@@ -141,6 +166,7 @@ class DenseRelaxedLinear(RelaxedLayer):
         )
         self._equivariant_matrix = equivariant_matrix
         self._moments: tuple[Tensor, Tensor, int] | None = None
+        self._fused_equivariant: Tensor | None = None  # f_eq's [d_out, d_in] matrix, last training forward
         self._sparse_generators: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
         object.__setattr__(self, "_moment_source", None)
 
@@ -172,21 +198,32 @@ class DenseRelaxedLinear(RelaxedLayer):
             return self.equivariant(x, *condition)
         self._record(x)
         if self._equivariant_matrix is None or condition:
-            return torch.add(self.equivariant(x, *condition), self.free(x), alpha=self.theta)
+            y_eq, w_x = self.equivariant(x, *condition), self.free(x)
+            self._note_outputs(y_eq, w_x)
+            return torch.add(y_eq, w_x, alpha=self.theta)
+        equivariant = self._equivariant_matrix()  # [d_out, d_in] channels first, else [d_in, d_out]
+        if self.training and self.record_input:
+            self._fused_equivariant = (equivariant if self.feature_dim == 1 else equivariant.t()).detach()
         if self.feature_dim == 1:
-            weight = self._equivariant_matrix() + self.theta * self.free.weight  # [d_out, d_in]
+            weight = equivariant + self.theta * self.free.weight  # [d_out, d_in]
             if self.free.bias is None:
                 return torch.matmul(weight, x)
             return torch.baddbmm(
                 (self.theta * self.free.bias)[None, :, None], weight.expand(x.shape[0], -1, -1), x
             )
-        weight = self._equivariant_matrix() + self.theta * self.free.weight.t()
-        y = x @ weight
+        y = x @ (equivariant + self.theta * self.free.weight.t())
         return y if self.free.bias is None else y + self.theta * self.free.bias
 
     def _record(self, x: Tensor) -> None:
         super()._record(x)
         self._moments = None
+        self._fused_equivariant = None
+
+    def activity_norms(self) -> tuple[Tensor, Tensor] | None:
+        """From the input's moments (:func:`second_moment_norms`) after a fused forward, else as recorded."""
+        if self._fused_equivariant is None or self._last_input is None:
+            return super().activity_norms()
+        return second_moment_norms(self._fused_equivariant, self.free.weight, self.free.bias, self.moments())
 
     def moments(self) -> tuple[Tensor, Tensor, int]:
         """``(S [d_in, d_in], m [d_in], n)`` of the last input: second moment, sum, number of vectors."""

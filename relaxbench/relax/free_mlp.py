@@ -107,7 +107,9 @@ class RelaxedFreeMLP(RelaxedLayer):
             return out
         x = torch.cat([y, context], dim=-1)
         self._record(x)
-        return out + self.theta * self.free(x)
+        w_x = self.free(x)
+        self._note_outputs(out, w_x)
+        return out + self.theta * w_x
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
         """``(ld, norm)`` on the last input ``x [B, ..., d_x]``: squared Lie derivative and ``||W(x)||^2``."""

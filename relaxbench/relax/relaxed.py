@@ -6,6 +6,10 @@ no schedule: the trainer sets ``theta`` for the whole model with :func:`set_thet
 regulariser with :func:`relaxation_penalty`. With ``theta == 0`` the free branch is not evaluated at all,
 so the layer returns exactly ``f_eq(x)`` (the *projection* of the paper).
 
+Each relaxed layer also reports its *free-branch share* of the last training batch,
+``theta ||W x|| / ||f_eq x||`` (Frobenius norms over the batch, :meth:`RelaxedLayer.free_share`), from tensors
+its forward pass computed anyway; the trainer averages it over an epoch's batches (:class:`FreeShareMeter`).
+
 The free branch is initialised from a random stream derived from, but not drawn from, torch's global
 generator, so a model built relaxed and the same model built plain from one seed have identical
 equivariant weights: ``equivariant`` and ``relaxed`` runs of a seed start from the same network.
@@ -22,6 +26,7 @@ from torch import Tensor, nn
 from relaxbench.relax.lie import FeatureAction, lie_derivative_sq
 
 __all__ = [
+    "FreeShareMeter",
     "RelaxedLayer",
     "build_free",
     "free_parameters",
@@ -58,6 +63,9 @@ class RelaxedLayer(nn.Module):
 
     Attributes:
         theta: the relaxation weight (float, >= 0), set by :func:`set_theta`.
+
+    Subclasses whose forward computes ``f_eq(x)`` and ``W(x)`` apart pass both to :meth:`_note_outputs`; a fused
+    forward (one map with the summed weight) instead overrides :meth:`activity_norms`.
     """
 
     def __init__(
@@ -75,19 +83,45 @@ class RelaxedLayer(nn.Module):
         self.theta = 0.0
         self.record_input = True
         self._last_input: Tensor | None = None
+        self._output_norms: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.equivariant(x)
         if self.theta == 0.0:
             return y
         self._record(x)
-        return y + self.theta * self.free(x)
+        w_x = self.free(x)
+        self._note_outputs(y, w_x)
+        return y + self.theta * w_x
 
     def _record(self, x: Tensor) -> None:
         """Keep the free map's input (detached) for :meth:`penalty_terms` when training with ``record_input``;
         layers that cache statistics of it reset them here. Called only at theta > 0."""
         if self.training and self.record_input:
             self._last_input = x.detach()
+            self._output_norms = None
+
+    def _note_outputs(self, equivariant_out: Tensor, free_out: Tensor) -> None:
+        """Keep ``(||f_eq x||, ||W x||)`` (Frobenius norms over the batch, detached) of a training forward at
+        theta > 0, for :meth:`activity_norms`: two reductions of tensors the forward computed anyway."""
+        if self.training and self.record_input:
+            norm = torch.linalg.vector_norm
+            self._output_norms = (norm(equivariant_out.detach()), norm(free_out.detach()))
+
+    def activity_norms(self) -> tuple[Tensor, Tensor] | None:
+        """``(||f_eq x||, ||W x||)`` over the last training batch (``W`` without theta; Frobenius norms over all
+        examples and features), or ``None`` when the layer has not run in training at theta > 0 since
+        :func:`set_theta`."""
+        return self._output_norms
+
+    def free_share(self) -> Tensor | None:
+        """``theta ||W x|| / ||f_eq x||`` on the last training batch (0-dim tensor, dimensionless): how much of the
+        layer's output the free branch makes; ``None`` when :meth:`activity_norms` is."""
+        norms = self.activity_norms()
+        if norms is None:
+            return None
+        eq, free = norms
+        return self.theta * free / eq.clamp_min(torch.finfo(eq.dtype).tiny)
 
     def free_linear(self, x: Tensor) -> Tensor:
         """The bias-free free map applied to ``x``."""
@@ -131,6 +165,7 @@ def set_theta(model: nn.Module, theta: float) -> None:
     for layer in relaxed_layers(model):
         layer.theta = float(theta)
         layer._last_input = None
+        layer._output_norms = None
 
 
 def relaxation_penalty(
@@ -159,3 +194,37 @@ def relaxation_penalty(
 def free_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters of all free branches (for the residual-pathway prior's L2 and for parameter counts)."""
     return [p for layer in relaxed_layers(model) for p in layer.free.parameters()]
+
+
+class FreeShareMeter:
+    """The mean over an epoch's training batches of every relaxed layer's free-branch share.
+
+    Call :meth:`update` once per step, after the forward pass and the penalty, before the optimiser changes
+    the weights; :meth:`means` at the end of the epoch. The shares stay tensors until then (one host
+    synchronisation per epoch). A layer that did not run at theta > 0 adds 0 for that step.
+
+    Args:
+        model: the model; its relaxed layers are found once, by their qualified module names.
+    """
+
+    PREFIX = "share:"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, RelaxedLayer)]
+        self.sums: dict[str, Tensor | float] = {name: 0.0 for name, _ in self.layers}
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, layer in self.layers:
+            share = layer.free_share()
+            if share is not None:
+                self.sums[name] = self.sums[name] + share
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        """``{"share:<layer>": mean share}`` (the history's columns; layer = qualified module name, e.g.
+        ``share:layers.0.update``); empty for a model without relaxed layers."""
+        return {
+            f"{self.PREFIX}{name}": float(total) / max(self.steps, 1) for name, total in self.sums.items()
+        }

@@ -28,6 +28,7 @@ from relaxbench.methods import METHODS
 
 __all__ = [
     "EQUIV_FLOOR",
+    "activity_figure",
     "equivariance_figure",
     "learning_curves",
     "method_colors",
@@ -344,4 +345,66 @@ def equivariance_figure(board: pd.DataFrame, path: Path) -> Path | None:
                 ax.set_ylabel("relative equivariance error" if j == 0 else "")
                 ax.tick_params(axis="x", rotation=20)
         _legend(fig, [Line2D([], [], color=c, marker="o", ls="", label=w) for w, c in WHEN_COLORS.items()])
+        return _save(fig, path)
+
+
+def activity_figure(history: pd.DataFrame, inactive_below: float, path: Path) -> Path | None:
+    """One relaxed run's activity per epoch, three panels (log axes): each relaxed layer's free-branch share
+    ``theta ||W x|| / ||f_eq x||`` (history columns ``share:<layer>``, epoch means; dotted: the
+    ``inactive_below`` line, dashed: theta on the right axis); the equivariance error of the unprojected model
+    at the few epochs it was measured (``equiv_unprojected_exact`` / ``_approx``); and the Lie term of the
+    penalty, summed over layers (``lie``; the paper's Fig. 3 draws the Lie derivative during training).
+
+    Zero values (theta = 0) are left out of the log axes. ``None`` when the history has no share column.
+    """
+    shares = [c for c in history if c.startswith("share:")]
+    if history.empty or not shares:
+        return None
+    epochs = history["epoch"]
+    with _style():
+        fig, axes = _figure(1, 3)
+        ax = axes[0, 0]
+        palette = sns.color_palette("viridis", len(shares))
+        handles = []
+        for color, column in zip(palette, shares):
+            values = history[column].where(history[column] > 0)
+            (line,) = ax.plot(
+                epochs, values, color=color, lw=1.5, marker=".", label=_text(column.removeprefix("share:"))
+            )
+            handles.append(line)
+        ax.axhline(inactive_below, color="0.4", ls=":", lw=1)
+        _log_y(ax)
+        ax.set_title("free-branch share θ‖Wx‖ / ‖f_eq x‖")
+        twin = ax.twinx()
+        twin.grid(False)
+        twin.plot(epochs, history["theta"], color="0.3", ls="--", lw=1)
+        twin.set_ylim(-0.03 * max(1.0, history["theta"].max()), 1.05 * max(1.0, history["theta"].max()))
+        twin.set_ylabel("θ")
+        ax = axes[0, 1]
+        for kind, marker in (("exact", "o"), ("approx", "s")):
+            column = f"equiv_unprojected_{kind}"
+            if column in history and history[column].notna().any():
+                points = history[["epoch", column]].dropna()
+                ax.plot(
+                    points["epoch"],
+                    points[column].clip(lower=EQUIV_FLOOR),
+                    marker=marker,
+                    color="#c0392b",
+                    label=kind,
+                )
+        _log_y(ax)
+        ax.set_title("equivariance error, free branch on")
+        ax = axes[0, 2]
+        if "lie" in history and (history["lie"] > 0).any():
+            ax.plot(epochs, history["lie"].where(history["lie"] > 0), color="0.2", marker=".")
+            _log_y(ax)
+        ax.set_title("Lie term Σ√(ld + ε)")
+        for ax in axes[0]:
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        extra = [
+            Line2D([], [], color="0.4", ls=":", label=f"inactive below {inactive_below:g}"),
+            Line2D([], [], color="0.3", ls="--", label="θ (right axis)"),
+        ]
+        _legend(fig, handles + extra)
         return _save(fig, path)

@@ -27,7 +27,14 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from relaxbench.leaderboard import ALPHA, BASELINE, CONFIDENCE, WILCOXON_MIN_PAIRS, read_tables
+from relaxbench.leaderboard import (
+    ALPHA,
+    BASELINE,
+    CONFIDENCE,
+    INACTIVE_SHARE,
+    WILCOXON_MIN_PAIRS,
+    read_tables,
+)
 from relaxbench.methods import METHODS
 from relaxbench.records import RunRecord, read_record
 from relaxbench.report import figures
@@ -99,6 +106,7 @@ def _environment() -> Environment:
         confidence=CONFIDENCE,
         baseline=BASELINE,
         wilcoxon_min=WILCOXON_MIN_PAIRS,
+        inactive_share=INACTIVE_SHARE,
     )
     return env
 
@@ -325,12 +333,23 @@ def build_report(
         for row in board.to_dict("records"):
             if row["run_dir"] not in records:
                 continue
-            page = f"runs/{slug(row['task'], row['model'], row['method'], 'seed' + str(row['seed']))}.html"
+            name = slug(row["task"], row["model"], row["method"], "seed" + str(row["seed"]))
+            page = f"runs/{name}.html"
             pages[row["run_dir"]] = page
-            context = _run_context(_nan_to_none(row), records[row["run_dir"]], histories[row["run_dir"]])
+            history = histories[row["run_dir"]]
+            context = _run_context(_nan_to_none(row), records[row["run_dir"]], history)
+            activity = figures.activity_figure(
+                history, INACTIVE_SHARE, stage / f"figures/run-{name}-activity.png"
+            )
             (stage / page).write_text(
                 env.get_template("run.html").render(
                     **context,
+                    activity=None
+                    if activity is None
+                    else {
+                        "src": "../" + activity.relative_to(stage).as_posix(),
+                        **dict(zip(("width", "height"), _png_size(activity))),
+                    },
                     root="../",
                     generated=generated,
                     title=f"{row['task']} / {row['model']} / {row['method']} / seed {row['seed']}",

@@ -27,8 +27,12 @@ def write_run(
     diverged_epoch: int | None = None,
     family: str = "e3nn",
     note: str = "",
+    share_peak: float = 0.05,
 ) -> Path:
-    """One run folder with a record whose primary test metric is ``value`` (``None`` for a run that is not ok)."""
+    """One run folder with a record whose primary test metric is ``value`` (``None`` for a run that is not ok).
+
+    A relaxed run's history has two layers' free-branch shares (``share_peak`` and a tenth of it, times theta)
+    and the unprojected equivariance error at epochs 1 and 3."""
     metric, unit, lower = TASKS[run.task]
     relaxed = run.method != "equivariant"
     schedule = Schedule("triangle" if relaxed else "none", epochs)
@@ -50,6 +54,13 @@ def write_run(
                 f"val_{metric}": 0.5 - 0.05 * e,
             }
         )
+        if relaxed:
+            theta = schedule(e)
+            rows[-1].update(
+                {"share:layers.0": share_peak * theta, "share:layers.1": 0.1 * share_peak * theta}
+            )
+            if e in (1, 3):
+                rows[-1].update({"equiv_unprojected_exact": 1e-3 * theta, "equiv_unprojected_approx": None})
     test = {} if value is None else {"loss": 0.3 + value, metric: value}
     train = {} if value is None else {"loss": 0.25, metric: value / 2}
     record = RunRecord(
@@ -73,6 +84,7 @@ def write_run(
         gen_gap=None if value is None else test["loss"] - train["loss"],
         test_metric_unprojected=value * 0.9 if relaxed and value is not None else None,
         theta_unprojected=0.2 if relaxed and value is not None else None,
+        free_share_peak=share_peak * max(r["theta"] for r in rows) if relaxed and rows else None,
         equiv_init_exact=1e-16,
         equiv_init_approx=0.3 if relaxed else 1e-15,
         equiv_final_exact=None if value is None else 0.0,
@@ -136,7 +148,7 @@ def write_standard_runs(results_dir: Path) -> list[RunSpec]:
             run = RunSpec(task, model, method, seed)
             grid.append(run)
             if value is not None:
-                write_run(results_dir, run, value, note=SCRIPT)
+                write_run(results_dir, run, value, note=SCRIPT, share_peak=0.004 if model == "vn" else 0.05)
             elif model == "tfn":
                 write_run(
                     results_dir,

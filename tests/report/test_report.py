@@ -62,7 +62,15 @@ def test_every_run_has_a_page_linked_from_the_overview(site):
     for page in pages:
         assert f'href="runs/{page.name}"' in index
     assert len(re.findall(r'<tr class="status-row-', index)) == 18
-    assert len(list((out / "figures").glob("*.png"))) == 8  # 4 per task
+    assert len(list((out / "figures").glob("*.png"))) == 8 + 9  # 4 per task, 1 per relaxed run with a history
+    activity = (out / "runs" / "tetris--vn--relaxed--seed1.html").read_text("utf-8")
+    assert 'src="../figures/run-tetris--vn--relaxed--seed1-activity.png"' in activity
+    assert 'class="pill inactive"' in activity  # peak share 0.004 < 1 %
+    active = (out / "runs" / "tetris--tfn--relaxed--seed0.html").read_text("utf-8")
+    assert 'class="pill inactive"' not in active
+    assert "activity.png" not in (out / "runs" / "tetris--tfn--equivariant--seed0.html").read_text("utf-8")
+    # the legend of each task (2), the vn/relaxed entry and its 2 ok runs
+    assert index.count('<span class="pill inactive"') == 2 + 1 + 2
     for page in _pages(out):  # every local link and image exists
         for target in re.findall(r'(?:href|src)="([^"#]+)', page.read_text("utf-8")):
             assert not re.match(r"[a-z]+:", target), f"{page.name}: non-relative link {target}"
