@@ -1,6 +1,6 @@
 # relaxbench: the two commands of the README, and a few helpers.
 #   make reproduce   set up, then run the default CPU-scale reproduction (snakemake) -> reports/default/index.html
-#   make test        set up, then run the whole test suite
+#   make test        set up (with the SLURM test's system packages), then run the whole test suite
 #   make style       ruff: formatting and lint (run by CI before the tests)
 # Every target first runs scripts/setup.sh (builds the cached venv once; stops here if that fails).
 SHELL := /bin/bash
@@ -18,7 +18,7 @@ reproduce:
 	@$(ENV) snakemake --cores $(CORES) --configfile $(CONFIG) --workflow-profile workflow/profiles/default
 
 test:
-	@$(ENV) python -m pytest $(PYTEST_ARGS)
+	@export RELAXBENCH_TEST_PACKAGES=1; $(ENV) python -m pytest $(PYTEST_ARGS)
 
 test-fast:
 	@$(ENV) python -m pytest -m "not slow" $(PYTEST_ARGS)

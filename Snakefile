@@ -41,6 +41,7 @@ wildcard_constraints:
     key=r"[0-9a-f]{16}",
 
 
+include: "workflow/rules/cluster.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"

@@ -10,8 +10,11 @@ counted as the step's CPU time.
 A step is what the trainer does: forward, task loss, the method's regulariser, the free-branch shares
 (``FreeShareMeter.update``), backward, optimiser step. The column ``shares/relaxed`` times the relaxed step with
 the share recording over the same step without it (a fourth variant timed in the same rounds).
+With ``--device cuda`` the models and the batch live on the GPU and a step is timed by the wall clock,
+the GPU synchronised before and after (CPU time would miss the GPU's work).
 
     python benchmarks/bench_step_time.py [--cases tetris:tfn ...] [--rounds 7] [--steps 5] [--threads 1]
+                                         [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -96,17 +99,29 @@ def make_step(model, task, batch, method, theta, shares=True):
     return step
 
 
-def time_case(name: str, rounds: int, steps: int) -> dict[str, float]:
+def clock(device: torch.device):
+    """Seconds so far: the process's CPU time on the CPU; on a GPU the wall clock once its queue is done."""
+    if device.type != "cuda":
+        return time.process_time
+
+    def wall() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return wall
+
+
+def time_case(name: str, rounds: int, steps: int, device: torch.device) -> dict[str, float]:
     task_name, task_params, arch, params, batch_size = CASES[name]
     with tempfile.TemporaryDirectory() as tmp:
         task = registry.get_task_class(task_name)(task_params, tmp)
         task.prepare()
-        batch = task.load_splits()["train"].head(batch_size)
+        batch = {k: v.to(device) for k, v in task.load_splits()["train"].head(batch_size).items()}
     entry = registry.get_model(arch)
     torch.manual_seed(0)
-    plain = entry.build(task.spec, relaxed=False, **params)
+    plain = entry.build(task.spec, relaxed=False, **params).to(device)
     torch.manual_seed(0)
-    relaxed = entry.build(task.spec, relaxed=True, **params)
+    relaxed = entry.build(task.spec, relaxed=True, **params).to(device)
     method = get_method("relaxed")
     variants = {
         "plain": make_step(plain, task, batch, get_method("equivariant"), 0.0),
@@ -117,12 +132,13 @@ def time_case(name: str, rounds: int, steps: int) -> dict[str, float]:
     for step in variants.values():  # warm-up
         step()
     times: dict[str, list[float]] = {k: [] for k in variants}
+    now = clock(device)
     for _ in range(rounds):
         for key, step in variants.items():
-            t0 = time.process_time()
+            t0 = now()
             for _ in range(steps):
                 step()
-            times[key].append((time.process_time() - t0) / steps)
+            times[key].append((now() - t0) / steps)
     ratio = lambda key: statistics.median(a / b for a, b in zip(times[key], times["plain"]))  # noqa: E731
     n_plain = sum(p.numel() for p in plain.parameters())
     return {
@@ -140,18 +156,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     limit_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) + ", wall time" if device.type == "cuda" else "CPU time"
     print(f"# {' '.join(['python', *sys.argv])}")
     print(
-        f"# torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps"
+        f"# torch {torch.__version__}, {args.threads} thread(s), {where}, median of {args.rounds} rounds x "
+        f"{args.steps} steps"
     )
     print(
         f"{'case':<44}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}"
         f"{'shares/relaxed':>16}"
     )
     for name in args.cases:
-        r = time_case(name, args.rounds, args.steps)
+        r = time_case(name, args.rounds, args.steps, device)
         print(
             f"{name:<44}{r['plain_ms']:>15.2f}{r['relaxed_over_plain']:>15.3f}{r['theta0_over_plain']:>15.3f}"
             f"{r['free_over_plain_params']:>12.2f}x{r['shares_over_relaxed']:>16.3f}"

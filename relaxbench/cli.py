@@ -1,4 +1,4 @@
-"""Command line: ``relaxbench data | train | collect | report | list``.
+"""Command line: ``relaxbench data | train | collect | report | list | cluster-check``.
 
 Every subcommand takes ``--config``; bad input (unknown keys, names, values) exits with status 2 and one
 line naming the problem, before anything is written.
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relaxbench import __version__, registry
+from relaxbench.cluster import ClusterError
 from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
 from relaxbench.methods import METHODS, MethodError
 from relaxbench.records import LeaderboardError
@@ -27,6 +28,7 @@ USER_ERRORS = (
     TaskError,
     MethodError,
     LeaderboardError,
+    ClusterError,
     FileNotFoundError,
 )
 
@@ -124,6 +126,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    from relaxbench.cluster import preflight
+    from relaxbench.job_requests import job_requests, load_profiles, plugin_settings
+
+    profile = load_profiles(args.profile)
+    lines, ok = preflight(job_requests(profile, cfg), plugin_settings(profile))
+    print("\n".join(lines))
+    return 0 if ok else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaxbench", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"relaxbench {__version__}")
@@ -172,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True)
     p.add_argument("--reports", default="reports", help="reports root (default: reports)")
+
+    p = add(
+        "cluster-check",
+        cmd_cluster_check,
+        "before submitting to SLURM: say which job requests no node can satisfy, and whether job states and "
+        "accounts will work (exit 2 when a job could never start)",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument(
+        "--profile",
+        action="append",
+        required=True,
+        help="Snakemake profile folder or file, as given to snakemake (repeat for a site file; later wins)",
+    )
 
     p = add("list", cmd_list, "list tasks, models and methods, or a config's runs")
     p.add_argument("--config")

@@ -13,9 +13,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def snakemake_env(extra_pythonpath: list[Path] = ()) -> dict[str, str]:
-    """This interpreter's bin first on PATH (so the jobs' `python -m relaxbench` runs in it)."""
-    env = dict(os.environ)
+def snakemake_env(extra_pythonpath: list[Path] = (), base: dict[str, str] | None = None) -> dict[str, str]:
+    """This interpreter's bin first on PATH (so the jobs' `python -m relaxbench` runs in it), on top of
+    ``base`` (default: this process's environment)."""
+    env = dict(os.environ if base is None else base)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     paths = [str(p) for p in extra_pythonpath] + [p for p in [env.get("PYTHONPATH")] if p]
     if paths:
@@ -24,14 +25,20 @@ def snakemake_env(extra_pythonpath: list[Path] = ()) -> dict[str, str]:
 
 
 def snakemake(
-    *args: str, workdir: Path, check: bool = True, timeout: float = 600, extra_pythonpath: list[Path] = ()
+    *args: str,
+    workdir: Path,
+    check: bool = True,
+    timeout: float = 600,
+    extra_pythonpath: list[Path] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """``snakemake ARGS --directory WORKDIR`` from the repository root; stdout and stderr merged."""
+    """``snakemake ARGS --directory WORKDIR`` from the repository root (in ``env``, default this process's
+    environment); stdout and stderr merged."""
     cmd = [sys.executable, "-m", "snakemake", *args, "--directory", str(workdir)]
     out = subprocess.run(
         cmd,
         cwd=REPO,
-        env=snakemake_env(extra_pythonpath),
+        env=snakemake_env(extra_pythonpath, env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -16,10 +16,9 @@ rule data:
         "results/{name}/benchmarks/data/{task}-{key}.tsv"
     conda:
         "../envs/relaxbench.yaml"
-    threads: 1
+    threads: RULE_REQUESTS["data"][0]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **RULE_REQUESTS["data"][1],
     params:
         config=config_path,
         folder=lambda wildcards, output: parent(output.done),

@@ -23,11 +23,9 @@ rule train:
         "results/{name}/benchmarks/train/{task}/{model}/{method}/seed{seed}.tsv"
     conda:
         "../envs/relaxbench.yaml"
-    threads: CFG["threads"]
+    threads: RULE_REQUESTS["train"][0]
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=1 if CFG["device"] == "cuda" else 0,
+        **RULE_REQUESTS["train"][1],
     params:
         config=config_path,
         config_hash=config_hash,
