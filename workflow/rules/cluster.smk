@@ -11,7 +11,7 @@ because a rule that every job depends on would be rerun on every invocation and 
 finished runs after it.
 """
 
-from relaxbench.cluster import PluginSettings, preflight
+from relaxbench.cluster import ClusterError, PluginSettings, preflight
 from relaxbench.job_requests import from_jobs, rule_requests
 
 RULE_REQUESTS = rule_requests(CFG)
@@ -25,18 +25,21 @@ def slurm_preflight():
     jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
     if not jobs:
         return
-    lines, ok = preflight(
-        from_jobs(jobs),
-        PluginSettings(
-            status_command=settings.status_command,
-            init_seconds=settings.init_seconds_before_status_checks,
-        ),
-    )
+    try:
+        lines, ok = preflight(
+            from_jobs(jobs),
+            PluginSettings(
+                status_command=settings.status_command,
+                init_seconds=settings.init_seconds_before_status_checks,
+            ),
+        )
+    except ClusterError as err:
+        raise WorkflowError(f"relaxbench cluster-check: {err}; nothing was submitted") from None
     print("\n".join(f"relaxbench cluster-check: {line}" for line in lines), file=sys.stderr)
     if not ok:
         raise WorkflowError(
             "relaxbench cluster-check: some jobs could never start or finish on this cluster (lines above); "
-            "fix the profile or site file (docs/WORKFLOW.md, 'Site files'); nothing was submitted"
+            "fix the profile or site file (docs/WORKFLOW.md, 'On a SLURM cluster'); nothing was submitted"
         )
 
 
