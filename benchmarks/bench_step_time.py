@@ -46,6 +46,19 @@ TINY_MD = {
 }
 DIGITS = {"n_train": 64, "n_val": 10, "n_test": 10}
 SHAPES = {"n_points": 150, "n_train_per_class": 2, "n_val_per_class": 1, "n_test_per_class": 1}
+PLUME = {  # the default config's plume shapes (32 x 32, 4 input frames, loss over 3 frames), 2 + 1 simulations
+    "size": 32,
+    "in_frames": 4,
+    "out_frames": 3,
+    "rollout": 3,
+    "train_sims": [1, 2],
+    "domain_sims": [5],
+    "train_times": [0, 8],
+    "val_times": [8, 10],
+    "future_times": [10, 12],
+    "domain_times": [0, 2],
+}
+PLUME_SCALE = {**PLUME, "symmetry": "scale", "train_sims": [0, 2], "domain_sims": [1]}
 CASES = {
     "tetris:tfn": ("tetris", {"n_train": 4}, "tfn", {}, 16),
     "nbody:egnn": ("nbody", NBODY, "egnn", {}, 100),
@@ -69,6 +82,11 @@ CASES = {
     ),
     "md:se3_transformer": ("md", TINY_MD, "se3_transformer", {}, 16),
     "md:se3_transformer(finite)": ("md", TINY_MD, "se3_transformer", {"lie_mode": "finite"}, 16),
+    "plume:equiv": ("plume", PLUME, "equiv", {}, 8),
+    "plume:rsteer": ("plume", PLUME, "rsteer", {}, 8),
+    "plume:lift": ("plume", PLUME, "lift", {}, 8),
+    "plume(scale):equiv": ("plume", PLUME_SCALE, "equiv", {}, 8),
+    "plume(scale):rsteer": ("plume", PLUME_SCALE, "rsteer", {}, 8),
     "shapes:vn_pointnet": ("shapes", SHAPES, "vn_pointnet", {"k": 10}, 24),
     "shapes:vn_pointnet(paper)": (
         "shapes",
