@@ -58,4 +58,4 @@ rule all:
     """The HTML report of the config (and everything it needs)."""
     default_target: True
     input:
-        f"reports/{NAME}",
+        str(layout.report_dir(NAME)),

@@ -12,25 +12,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from relaxbench import __version__, registry
-from relaxbench.cluster import ClusterError
+from relaxbench import __version__, layout, registry
 from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
-from relaxbench.methods import METHODS, MethodError
-from relaxbench.records import LeaderboardError
-from relaxbench.tasks.base import TaskError
+from relaxbench.errors import UserError, one_line
+from relaxbench.methods import METHODS
 from relaxbench.threads import limit_threads
 
 __all__ = ["main"]
-
-USER_ERRORS = (
-    ConfigError,
-    registry.RegistryError,
-    TaskError,
-    MethodError,
-    LeaderboardError,
-    ClusterError,
-    FileNotFoundError,
-)
 
 
 def _positive(text: str) -> int:
@@ -48,8 +36,8 @@ def _non_negative(text: str) -> int:
 
 
 def data_dir_for(cfg: dict, task: str, results: str | Path) -> Path:
-    """``results/<config>/data/<task>/<key>``: a task's cached data for this config's parameters."""
-    return Path(results) / cfg["name"] / "data" / task / data_key(cfg, task)
+    """A task's cached data for this config's parameters (:func:`relaxbench.layout.data_dir`)."""
+    return layout.data_dir(layout.results_dir(cfg["name"], results), task, data_key(cfg, task))
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -99,8 +87,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     from relaxbench.leaderboard import aggregate, collect, write_tables
 
-    board = collect(Path(args.results) / cfg["name"], expected=expand_runs(cfg))
-    paths = write_tables(Path(args.results) / cfg["name"], board, aggregate(board, **cfg["statistics"]))
+    results = layout.results_dir(cfg["name"], args.results)
+    board = collect(results, expected=expand_runs(cfg))
+    paths = write_tables(results, board, aggregate(board, **cfg["statistics"]))
     counts = ", ".join(f"{n} {s}" for s, n in board["status"].value_counts().items())
     print(f"{paths[0]}: {len(board)} runs ({counts}); {paths[1]}")
     return 0
@@ -110,7 +99,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     from relaxbench.report import build_report
 
-    print(build_report(Path(args.results) / cfg["name"], Path(args.reports) / cfg["name"], cfg))
+    results, reports = (
+        layout.results_dir(cfg["name"], args.results),
+        layout.report_dir(cfg["name"], args.reports),
+    )
+    print(build_report(results, reports, cfg))
     return 0
 
 
@@ -146,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
-        p.add_argument("--results", default="results", help="results root (default: results)")
+        p.add_argument("--results", default=layout.RESULTS, help="results root (default: results)")
         return p
 
     p = add("data", cmd_data, "generate or convert one task's data into the cache")
@@ -184,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report", cmd_report, "render the static HTML report reports/<config>/index.html from the leaderboard"
     )
     p.add_argument("--config", required=True)
-    p.add_argument("--reports", default="reports", help="reports root (default: reports)")
+    p.add_argument("--reports", default=layout.REPORTS, help="reports root (default: reports)")
 
     p = add(
         "cluster-check",
@@ -214,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except USER_ERRORS as err:
-        print(f"relaxbench: error: {err}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as err:
+        print(f"relaxbench: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+from relaxbench.errors import UserError
+
 __all__ = [
     "Cluster",
     "ClusterError",
@@ -46,7 +48,7 @@ _KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z][A-Za-z0-9_:/.]*)=")
 _GRES = re.compile(r"^gpu(?::([^:(]+))?(?::(\d+))?")
 
 
-class ClusterError(Exception):
+class ClusterError(UserError):
     """The cluster or a profile cannot be read (one line, for the command line)."""
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from relaxbench import registry
+from relaxbench import layout, registry
+from relaxbench.errors import UserError, one_line
 from relaxbench.methods import MethodError, get_method
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "data_key",
     "expand_runs",
     "load_config",
+    "read_yaml",
     "resolve_run",
     "run_hash",
     "validate_config",
@@ -47,8 +49,89 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 METRIC_VERSION = 3
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that does not validate; the message names the key and, where it can, the choices."""
+
+
+#: Limits of a config file: its size, and the number of values it holds once YAML aliases are expanded (an
+#: "alias bomb" of a few hundred bytes otherwise expands to billions of values when anything walks it).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last silently).
+    Keys brought in by a ``<<`` merge may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise ConfigError(f"line {line}: key {key!r} given twice (first on line {seen[key]})")
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep)
+
+
+def _count_values(obj: Any, limit: int) -> int:
+    """The number of values in ``obj`` with shared (aliased) parts counted each time they appear; stops
+    counting past ``limit`` (so a recursive or exponential structure costs at most ``limit`` steps)."""
+    count, stack = 0, [obj]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file read with the safe loader, refusing what a config never needs: more than
+    :data:`MAX_CONFIG_BYTES`, text that is not UTF-8, a key given twice, more than :data:`MAX_CONFIG_VALUES`
+    values after aliases are expanded. Raises :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a relaxbench config")
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror or err})") from None
+    for bom, encoding in _BOMS.items():
+        if data.startswith(bom):
+            raise ConfigError(f"{path}: the file is {encoding} text; save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({one_line(err)})") from None
+    if _count_values(raw, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"{path}: more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded (an alias bomb or a "
+            "recursive alias?); not a relaxbench config"
+        )
+    return raw
 
 
 @lru_cache(maxsize=1)
@@ -97,6 +180,7 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
     if errors:
         raise ConfigError(f"{source}: " + _describe(errors[0]))
     _fill_defaults(cfg, schema(), schema())
+    _check_folder_names(cfg, source)
     for method, overrides in cfg["methods"].items():
         try:
             get_method(method, overrides)
@@ -141,6 +225,34 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
     return cfg
 
 
+def _check_folder_names(cfg: Mapping[str, Any], source: str) -> None:
+    """Every name that becomes a folder (:func:`relaxbench.layout.path_component`), and no two model keys
+    that differ only in case (one folder on case-insensitive file systems)."""
+    names = [("name", cfg["name"])]
+    names += [(f"tasks.{task}", task) for task in cfg["tasks"]]
+    names += [(f"methods.{method}", method) for method in cfg["methods"]]
+    names += [(f"models.{key}", key) for key in cfg["models"]]
+    names += [
+        (f"models.{key}.tasks", task) for key, model in cfg["models"].items() for task in model["tasks"]
+    ]
+    names += [
+        (f"models.{key}.methods", m) for key, model in cfg["models"].items() for m in model.get("methods", [])
+    ]
+    for where, value in names:
+        try:
+            layout.path_component(value, where)
+        except layout.PathComponentError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    folded: dict[str, str] = {}
+    for key in cfg["models"]:
+        other = folded.setdefault(key.casefold(), key)
+        if other != key:
+            raise ConfigError(
+                f"{source}: at 'models.{key}': differs from model {other!r} only in case (one folder on "
+                "case-insensitive file systems); rename one"
+            )
+
+
 def check_model_params(cfg: Mapping[str, Any], source: str = "config") -> None:
     """Raise :class:`ConfigError` for a ``models.<name>.params`` key that the model's ``build`` does not take.
 
@@ -159,14 +271,11 @@ def check_model_params(cfg: Mapping[str, Any], source: str = "config") -> None:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config (safe loader), validate it and fill defaults."""
+    """Read a YAML config (:func:`read_yaml`), validate it and fill defaults."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return validate_config(raw, str(path))
@@ -181,11 +290,9 @@ class RunSpec:
     method: str
     seed: int
 
-    def path(self, config_name: str, results: str | Path = "results") -> Path:
-        """``results/<config>/runs/<task>/<model>/<method>/seed<k>``."""
-        return (
-            Path(results) / config_name / "runs" / self.task / self.model / self.method / f"seed{self.seed}"
-        )
+    def path(self, config_name: str, results: str | Path = layout.RESULTS) -> Path:
+        """``results/<config>/runs/<task>/<model>/<method>/seed<k>`` (:mod:`relaxbench.layout`)."""
+        return layout.run_dir(layout.results_dir(config_name, results), self)
 
 
 def expand_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:

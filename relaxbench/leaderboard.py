@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from relaxbench import layout
 from relaxbench.config import METRIC_VERSION, RunSpec
 from relaxbench.records import LeaderboardError, atomic_write_text, read_record
 from relaxbench.verdicts import EFFECT, POWER, minimum_detectable_effect, seeds_needed, verdict
@@ -80,8 +81,6 @@ CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6
 #: A run whose free branches never made this share of their layer's equivariant output is *relaxation inactive*.
 INACTIVE_SHARE = 0.01
-LEADERBOARD_CSV = "leaderboard.csv"
-AGGREGATES_CSV = "aggregates.csv"
 GROUP = ["task", "model", "method"]
 
 #: Per-run quantities summarised by :func:`aggregate` (columns of the leaderboard).
@@ -195,7 +194,7 @@ def _missing_row(run: RunSpec, results_dir: Path) -> dict:
         "status": "missing",
         "relaxation_inactive": False,
         "reason": "no record.json: the run has not finished (not started, still running, or killed)",
-        "run_dir": run.path(results_dir.name, results_dir.parent).relative_to(results_dir).as_posix(),
+        "run_dir": layout.run_dir(results_dir, run).relative_to(results_dir).as_posix(),
     }
 
 
@@ -212,7 +211,7 @@ def collect(results_dir: str | Path, expected: Iterable[RunSpec] | None = None) 
         units), then timings and provenance (:data:`TAIL_COLUMNS`, ``version_<package>``).
     """
     results_dir = Path(results_dir)
-    rows = [_row(path, results_dir) for path in sorted(results_dir.glob("runs/*/*/*/seed*/record.json"))]
+    rows = [_row(path, results_dir) for path in layout.record_paths(results_dir)]
     if expected is not None:
         found = {(r["task"], r["model"], r["method"], r["seed"]) for r in rows}
         rows += [
@@ -440,7 +439,7 @@ def aggregate(
 def write_tables(results_dir: str | Path, board: pd.DataFrame, aggregates: pd.DataFrame) -> tuple[Path, Path]:
     """Write ``leaderboard.csv`` and ``aggregates.csv`` into ``results_dir`` atomically; returns their paths."""
     results_dir = Path(results_dir)
-    paths = results_dir / LEADERBOARD_CSV, results_dir / AGGREGATES_CSV
+    paths = results_dir / layout.LEADERBOARD_CSV, results_dir / layout.AGGREGATES_CSV
     for path, table in zip(paths, (board, aggregates)):
         atomic_write_text(path, table.to_csv(index=False))
     return paths
@@ -450,7 +449,7 @@ def read_tables(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the tables :func:`write_tables` wrote (floats round-trip exactly)."""
     results_dir = Path(results_dir)
     tables = []
-    for name in (LEADERBOARD_CSV, AGGREGATES_CSV):
+    for name in (layout.LEADERBOARD_CSV, layout.AGGREGATES_CSV):
         path = results_dir / name
         if not path.is_file():
             raise LeaderboardError(f"{path} does not exist; run `relaxbench collect` first")

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from relaxbench.errors import UserError
 from relaxbench.relax.schedules import SCHEDULES, Schedule
 
 __all__ = ["METHODS", "Method", "MethodError", "get_method"]
@@ -30,7 +31,7 @@ __all__ = ["METHODS", "Method", "MethodError", "get_method"]
 VARIANTS = ("equivariant", "relaxed", "unconstrained")
 
 
-class MethodError(ValueError):
+class MethodError(UserError):
     """An unknown method or a bad override (the message lists the choices)."""
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import relaxbench.models
 import relaxbench.tasks
+from relaxbench.errors import UserError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,7 +45,7 @@ __all__ = [
 _PRIVATE = {"base"}
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError):
     """An unknown name or an entry that does not import (the message lists the choices)."""
 
 

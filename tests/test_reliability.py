@@ -1,18 +1,323 @@
-"""Interrupted runs: SIGKILL mid-training, resume from a checkpoint, finished results never overwritten."""
+"""Reliability under bad input and faults: every case is one row of a table, run through the real command line,
+and each asserts the exit status, the one-line message and that nothing outside the expected folders changed.
+Also: interrupted runs (SIGKILL mid-training, resume from a checkpoint, finished results never overwritten),
+interrupted report builds, and permissions.
 
+docs/RELIABILITY.md lists these cases with the measured behaviour.
+"""
+
+import hashlib
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from relaxbench import records
+from relaxbench.cli import main
 from relaxbench.config import RunSpec, resolve_run, validate_config
-from relaxbench.records import read_record
+from relaxbench.records import atomic_write_text, read_record
 from relaxbench.train import train_run
+from tests.report.synthetic import CONFIG_NAME, write_standard_runs
+from tests.workflow.helpers import snakemake
+
+# --- the harness ---------------------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path below ``root`` with its kind, permissions and (for files) a digest of its bytes."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else None
+        out[path.relative_to(root).as_posix()] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), digest)
+    return out
+
+
+def changed(before: dict, after: dict) -> list[str]:
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+
+def refused(world: Path, argv: list[str], capsys, *needles: str) -> str:
+    """Run ``relaxbench ARGV`` in ``world/work``; assert exit 2, one line naming ``needles``, nothing written
+    anywhere below ``world``. Returns the message."""
+    before = snapshot(world)
+    cwd = os.getcwd()
+    os.chdir(world / "work")
+    try:
+        status = main(argv)
+    finally:
+        os.chdir(cwd)
+    captured = capsys.readouterr()
+    err = captured.err
+    assert status == 2, (status, captured.out, err)
+    assert err.startswith("relaxbench: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert changed(before, snapshot(world)) == []
+    return err
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A working directory ``work/`` (results and reports go there) inside a watched folder."""
+    (tmp_path / "work").mkdir()
+    return tmp_path
+
+
+def write_yaml(world: Path, cfg, name="c.yaml") -> str:
+    path = world / name
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=False))
+    return str(path)
+
+
+def tiny(**changes) -> dict:
+    cfg = {
+        "name": "unit",
+        "seeds": [0],
+        "device": "cpu",
+        "training": {"epochs": 1, "batch_size": 16, "equivariance_samples": 2, "equivariance_examples": 4},
+        "methods": {"equivariant": {}},
+        "tasks": {"tetris": {"n_train": 1, "n_val": 1, "n_test": 1}},
+        "models": {"tfn": {"tasks": ["tetris"], "params": {"hidden": "4x0e + 2x1o", "layers": 1}}},
+    }
+    cfg.update(changes)
+    return cfg
+
+
+# --- names that would become paths -------------------------------------------------------------------------
+
+NASTY_NAMES = [
+    "..",
+    ".",
+    "../../../../OUTSIDE",
+    "a/b",
+    "/etc",
+    "a\\b",
+    "\x00",
+    "a\x00b",
+    "\n",
+    "a\nb",
+    "\t",
+    " ",
+    "",
+    "x" * 65,
+    "x" * 5000,
+    "-rf",
+    ".hidden",
+    "~",
+    "$(touch PWNED)",
+    "a b",
+    "a;b",
+    "résumé",
+    "\u202egnp.exe",  # right-to-left override
+    "a\u200bb",  # zero-width space
+    "\uff0e\uff0e",  # fullwidth full stops
+    "a\u2215b",  # division slash, looks like '/'
+    "\ufeffname",  # byte-order mark
+]
+NASTY_IDS = [f"{i}-{n.encode('unicode_escape').decode()[:12]}" for i, n in enumerate(NASTY_NAMES)]
+COMMANDS = {
+    "report": lambda c: ["report", "--config", c],
+    "collect": lambda c: ["collect", "--config", c],
+    "train": lambda c: [
+        "train",
+        "--config",
+        c,
+        "--task",
+        "tetris",
+        "--model",
+        "tfn",
+        "--method",
+        "equivariant",
+        "--seed",
+        "0",
+    ],
+    "data": lambda c: ["data", "--config", c, "--task", "tetris"],
+    "list": lambda c: ["list", "--config", c],
+}
+
+
+@pytest.mark.parametrize("name", NASTY_NAMES, ids=NASTY_IDS)
+@pytest.mark.parametrize("command", ["report", "train"])
+def test_a_config_name_that_is_not_a_folder_name_is_refused(world, capsys, name, command):
+    config = write_yaml(world, tiny(name=name))
+    refused(world, COMMANDS[command](config), capsys, "at 'name'", "cannot be a folder name")
+
+
+@pytest.mark.parametrize("key", NASTY_NAMES, ids=NASTY_IDS)
+def test_a_model_key_that_is_not_a_folder_name_is_refused(world, capsys, key):
+    cfg = tiny()
+    cfg["models"] = {key: {"arch": "tfn", "tasks": ["tetris"]}}
+    refused(
+        world, COMMANDS["train"](write_yaml(world, cfg)), capsys, "at 'models.", "cannot be a folder name"
+    )
+
+
+@pytest.mark.parametrize("key", ["../x", "a/b", "", ".."])
+@pytest.mark.parametrize("section", ["methods", "tasks"])
+def test_a_method_or_task_key_that_is_not_a_folder_name_is_refused(world, capsys, section, key):
+    cfg = tiny()
+    cfg[section] = {key: {}}
+    refused(
+        world, COMMANDS["collect"](write_yaml(world, cfg)), capsys, f"at '{section}.", "cannot be a folder"
+    )
+
+
+def test_model_keys_that_differ_only_in_case_are_refused(world, capsys):
+    cfg = tiny()
+    cfg["models"] = {"tfn": {"tasks": ["tetris"]}, "TFN": {"arch": "tfn", "tasks": ["tetris"]}}
+    refused(world, COMMANDS["list"](write_yaml(world, cfg)), capsys, "at 'models.", "'TFN'", "only in case")
+
+
+def workflow_refuses(tmp_path: Path, config_text: str | bytes, *needles: str) -> None:
+    """The workflow's dry run on a config file holding ``config_text`` stops before any job with one line
+    ``relaxbench: ...`` naming ``needles``, and writes nothing into the working directory."""
+    path = tmp_path / "c.yaml"
+    path.write_bytes(config_text if isinstance(config_text, bytes) else config_text.encode())
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    out = snakemake("-n", "--configfile", str(path), workdir=work, check=False)
+    assert out.returncode != 0, out.stdout[-3000:]
+    lines = [line for line in out.stdout.splitlines() if "relaxbench: " in line]
+    assert len(lines) == 1 and all(n in lines[0] for n in needles), out.stdout[-3000:]
+    assert [p.name for p in work.iterdir()] in ([], [".snakemake"])
+    assert not any(p.is_file() for p in (work / ".snakemake").rglob("*") if "log" not in p.parts)
+
+
+WORKFLOW_NAMES = [("name", ".."), ("name", "a/b"), ("model", "../../../../OUTSIDE"), ("model", "a\nb")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, value", WORKFLOW_NAMES)
+def test_the_workflow_refuses_names_that_are_not_folder_names(tmp_path, where, value):
+    cfg = tiny(name=value) if where == "name" else tiny(models={value: {"arch": "tfn", "tasks": ["tetris"]}})
+    workflow_refuses(tmp_path, yaml.safe_dump(cfg), "cannot be a folder name")
+
+
+# --- reports: published in one step, never over what relaxbench did not write ---------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Synthetic runs collected and reported once per module; returns the working directory."""
+    work = tmp_path_factory.mktemp("built") / "work"
+    write_standard_runs(work / "results" / CONFIG_NAME)
+    config = work.parent / "c.yaml"
+    config.write_text(yaml.safe_dump(REPORTED))
+    common = ["--config", str(config), "--results", str(work / "results")]
+    assert main(["collect", *common]) == 0
+    assert main(["report", *common, "--reports", str(work / "reports")]) == 0
+    return work
+
+
+REPORTED = {"name": CONFIG_NAME, "seeds": [0, 1, 2], "models": {"tfn": {"tasks": ["tetris"]}}}
+
+
+@pytest.fixture
+def reported(built, tmp_path, monkeypatch):
+    """A copy of :func:`built` as the working directory; returns (it, argv of `report`)."""
+    work = tmp_path / "work"
+    shutil.copytree(built, work)
+    monkeypatch.chdir(work)
+    return work, ["report", "--config", write_yaml(tmp_path, REPORTED)]
+
+
+def test_a_failed_report_rebuild_keeps_the_old_report(reported, monkeypatch):
+    work, argv = reported
+    before = snapshot(work / "reports")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("relaxbench.report.figures.learning_curves", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    assert changed(before, snapshot(work / "reports")) == []
+
+
+def test_a_report_rebuild_replaces_the_folder_with_the_umask_s_permissions(reported):
+    work, argv = reported
+    (work / "reports" / CONFIG_NAME / "runs" / "stale-page.html").write_text("old")
+    old = os.umask(0o027)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in (work / "reports").iterdir()) == [CONFIG_NAME]
+    site = work / "reports" / CONFIG_NAME
+    assert not (site / "runs" / "stale-page.html").exists() and (site / "index.html").is_file()
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in [site, *site.rglob("*")] if p.is_dir()}
+    assert modes == {0o750}
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in site.rglob("*") if p.is_file()}
+    assert modes == {0o640}
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_atomic_replace_dir_leaves_only_the_new_folder(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(records, "_exchange", lambda a, b: False)
+    for name, text in (("target", "old"), ("stage", "new")):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "sub" / "f").write_text(text)
+    (tmp_path / "target" / "only-old").write_text("x")
+    records.atomic_replace_dir(tmp_path / "stage", tmp_path / "target")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "target",
+        "target/sub",
+        "target/sub/f",
+    ]
+    assert (tmp_path / "target" / "sub" / "f").read_text() == "new"
+
+
+@pytest.mark.slow
+def test_a_report_build_killed_mid_way_keeps_the_old_report(reported):
+    work, argv = reported
+    before = snapshot(work / "reports")
+    proc = subprocess.Popen([sys.executable, "-m", "relaxbench", *argv], cwd=work, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not any((work / "reports").glob(f".{CONFIG_NAME}.build-*/runs/*.html")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    after = {k: v for k, v in snapshot(work / "reports").items() if not k.startswith(".")}
+    assert changed(before, after) == []
+    assert main(argv) == 0  # the next build removes the killed build's staging folder
+    assert sorted(p.name for p in (work / "reports").iterdir()) == [CONFIG_NAME]
+
+
+def test_a_report_folder_holding_other_files_is_refused(reported, capsys):
+    work, argv = reported
+    (work / "reports" / CONFIG_NAME / "notes.txt").write_text("mine")
+    refused(work.parent, argv, capsys, "notes.txt", "relaxbench did not write")
+
+
+# --- permissions follow the umask ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_get_the_permissions_of_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        records.follow_umask(tmp_path)
+        folder = tmp_path / "folder"
+        records.follow_umask(folder.mkdir() or folder, directory=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+
+
+# --- interrupted training ------------------------------------------------------------------------------
 
 RUN = ["--task", "tetris", "--model", "tfn", "--method", "relaxed", "--seed", "0", "--quiet"]
 

@@ -4,7 +4,8 @@ Built from ``leaderboard.csv`` and ``aggregates.csv`` (written by ``relaxbench c
 pages and learning curves, each run's ``record.json`` and ``history.csv``. Jinja2 renders with autoescaping
 on, so every string from a config or a record reaches the page HTML-escaped; the CSS and the small sorting
 script are the package's own files, inlined, so the site opens from the file system with no network. The
-site is built in a staging folder inside the output folder and renamed into place, ``index.html`` last.
+site is built in a staging folder beside the output folder and swapped into place in one step
+(:func:`relaxbench.records.atomic_replace_dir`): an interrupted build leaves the old report as it was.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import struct
@@ -36,7 +36,13 @@ from relaxbench.leaderboard import (
     read_tables,
 )
 from relaxbench.methods import METHODS
-from relaxbench.records import RunRecord, read_record
+from relaxbench.records import (
+    LeaderboardError,
+    RunRecord,
+    atomic_replace_dir,
+    follow_umask,
+    read_record,
+)
 from relaxbench.report import figures
 from relaxbench.verdicts import EFFECT, POWER, VERDICTS
 
@@ -292,15 +298,33 @@ def _task_sections(
     return sections
 
 
-def _publish(stage: Path, out_dir: Path) -> None:
-    """Move the staged ``figures/`` and ``runs/`` over the old ones, then ``index.html`` (atomic renames)."""
-    for name in ("figures", "runs"):
-        old = out_dir / name
-        if old.exists():
-            os.replace(old, stage / f"old-{name}")
-        if (stage / name).exists():
-            os.replace(stage / name, old)
-    os.replace(stage / "index.html", out_dir / "index.html")
+#: What relaxbench writes into a report folder; anything else there is refused rather than thrown away.
+OWN_ENTRIES = ("index.html", "figures", "runs")
+
+
+def _check_own(out_dir: Path) -> None:
+    """:class:`LeaderboardError` if ``out_dir`` holds entries relaxbench did not write: publishing replaces the
+    whole folder."""
+    foreign = (
+        sorted(p.name for p in out_dir.iterdir() if p.name not in OWN_ENTRIES) if out_dir.is_dir() else []
+    )
+    if foreign:
+        shown = foreign[:5] + (["..."] if len(foreign) > 5 else [])
+        raise LeaderboardError(
+            f"{out_dir} holds {len(foreign)} entries relaxbench did not write ({', '.join(map(repr, shown))}); "
+            "the report replaces this folder as a whole: move them elsewhere"
+        )
+
+
+def _stage(out_dir: Path) -> Path:
+    """A new, empty staging folder beside ``out_dir`` (``.<name>.build-*``, same file system), with the
+    permissions the umask gives; staging folders a killed build left behind are removed first."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.parent.glob(f".{out_dir.name}.build-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    follow_umask(stage, directory=True)
+    return stage
 
 
 def build_report(
@@ -310,7 +334,8 @@ def build_report(
 
     Args:
         results_dir: a config's results folder with ``leaderboard.csv``, ``aggregates.csv`` and ``runs/``.
-        out_dir: the site's folder; ``index.html``, ``figures/`` and ``runs/`` in it are replaced.
+        out_dir: the site's folder (``index.html``, ``figures/``, ``runs/``), replaced as a whole; other entries
+            in it are refused (:class:`LeaderboardError`), never deleted.
         config: the validated config (shown on the overview: name, description, full settings).
 
     Returns:
@@ -323,8 +348,8 @@ def build_report(
         for r in board.loc[board["status"] != "missing", "run_dir"]
     }
     histories = {r: _read_history(results_dir / r / "history.csv") for r in records}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
+    _check_own(out_dir)
+    stage = _stage(out_dir)
     try:
         env = _environment()
         generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -373,7 +398,7 @@ def build_report(
             methods=_methods_used(records),
         )
         (stage / "index.html").write_text(index, encoding="utf-8")
-        _publish(stage, out_dir)
+        atomic_replace_dir(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out_dir / "index.html"

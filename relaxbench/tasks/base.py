@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from relaxbench.errors import UserError
 from relaxbench.records import atomic_write_text
 from relaxbench.symmetry import GroupElement, centred
 
@@ -25,7 +26,7 @@ __all__ = ["Batch", "ClassificationTask", "Metric", "Split", "Task", "TaskError"
 Batch = dict[str, Tensor]
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """Bad task parameters or data files (the message names the problem)."""
 
 

@@ -15,7 +15,6 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.exceptions import WorkflowError
 
 # The workflow runs the relaxbench next to this Snakefile, here and in every job (`python -m relaxbench`),
@@ -24,12 +23,15 @@ CHECKOUT = workflow.basedir
 sys.path.insert(0, CHECKOUT)
 os.environ.update(PYTHONPATH=os.pathsep.join([CHECKOUT, *filter(None, [os.environ.get("PYTHONPATH")])]))
 
+from relaxbench import layout
+from relaxbench.errors import UserError, one_line
 from relaxbench.config import (
     ConfigError,
     RunSpec,
     check_model_params,
     data_key,
     expand_runs,
+    read_yaml,
     resolve_run,
     run_hash,
     validate_config,
@@ -52,8 +54,10 @@ def config_file():
             "exactly one config file; merge them into one"
         )
     path = given[0] if given else DEFAULT_CONFIG
-    with open(path, encoding="utf-8") as handle:
-        on_disk = yaml.safe_load(handle)
+    try:
+        on_disk = read_yaml(path)  # the size, encoding, duplicate-key and alias limits of relaxbench
+    except ConfigError as err:
+        raise WorkflowError(f"relaxbench: {one_line(err)}") from None
     if on_disk != config:
         changed = sorted(key for key in set(on_disk or {}) | set(config) if (on_disk or {}).get(key) != config.get(key))
         raise WorkflowError(
@@ -71,8 +75,8 @@ def checked_config(path):
         cfg = validate_config(config, path)
         check_model_params(cfg, path)
         return cfg
-    except ConfigError as err:
-        raise WorkflowError(f"relaxbench: {err}") from None
+    except UserError as err:
+        raise WorkflowError(f"relaxbench: {one_line(err)}") from None
 
 
 def one_of(names):
@@ -85,8 +89,8 @@ def run_spec(wildcards):
 
 
 def run_file(run, filename):
-    """``results/<name>/runs/<task>/<model>/<method>/seed<k>/<filename>``."""
-    return str(run.path(NAME) / filename)
+    """``results/<name>/runs/<task>/<model>/<method>/seed<k>/<filename>`` (`relaxbench.layout`)."""
+    return str(layout.run_dir(layout.results_dir(NAME), run) / filename)
 
 
 def run_files(filename):
@@ -96,7 +100,8 @@ def run_files(filename):
 
 def data_done(wildcards):
     """The DONE.json of the run's task data (``results/<name>/data/<task>/<key>/DONE.json``)."""
-    return f"results/{NAME}/data/{wildcards.task}/{data_key(CFG, wildcards.task)}/DONE.json"
+    folder = layout.data_dir(layout.results_dir(NAME), wildcards.task, data_key(CFG, wildcards.task))
+    return str(folder / "DONE.json")
 
 
 def config_hash(wildcards):

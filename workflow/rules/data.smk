@@ -9,11 +9,11 @@ last by the task, so a killed job leaves no `DONE.json` and is simply rerun.
 rule data:
     """Generate (or convert) one task's data into its cache folder."""
     output:
-        done="results/{name}/data/{task}/{key}/DONE.json",
+        done=layout.snakemake_pattern(layout.DATA, "DONE.json"),
     log:
-        "results/{name}/logs/data/{task}-{key}.log",
+        layout.snakemake_pattern(layout.DATA_LOG),
     benchmark:
-        "results/{name}/benchmarks/data/{task}-{key}.tsv"
+        layout.snakemake_pattern(layout.DATA_BENCHMARK)
     conda:
         "../envs/relaxbench.yaml"
     threads: RULE_REQUESTS["data"][0]

@@ -20,19 +20,19 @@ rule collect:
         records=run_files("record.json"),
     output:
         leaderboard=report(
-            "results/{name}/leaderboard.csv",
+            layout.snakemake_pattern(layout.LEADERBOARD_CSV),
             caption="../report/leaderboard.rst",
             category="Leaderboard",
         ),
         aggregates=report(
-            "results/{name}/aggregates.csv",
+            layout.snakemake_pattern(layout.AGGREGATES_CSV),
             caption="../report/aggregates.rst",
             category="Leaderboard",
         ),
     log:
-        "results/{name}/logs/collect.log",
+        layout.snakemake_pattern("logs/collect.log"),
     benchmark:
-        "results/{name}/benchmarks/collect.tsv"
+        layout.snakemake_pattern("benchmarks/collect.tsv")
     conda:
         "../envs/relaxbench.yaml"
     threads: 1
@@ -49,21 +49,21 @@ rule collect:
 rule report:
     """relaxbench's HTML report, rendered from the leaderboard."""
     input:
-        leaderboard="results/{name}/leaderboard.csv",
-        aggregates="results/{name}/aggregates.csv",
+        leaderboard=layout.snakemake_pattern(layout.LEADERBOARD_CSV),
+        aggregates=layout.snakemake_pattern(layout.AGGREGATES_CSV),
         records=run_files("record.json"),
         histories=run_files("history.csv"),
     output:
         html=report(
-            directory("reports/{name}"),
+            update(directory(f"{layout.REPORTS}/{{name}}")),
             htmlindex="index.html",
             caption="../report/report.rst",
             category="Report",
         ),
     log:
-        "results/{name}/logs/report.log",
+        layout.snakemake_pattern("logs/report.log"),
     benchmark:
-        "results/{name}/benchmarks/report.tsv"
+        layout.snakemake_pattern("benchmarks/report.tsv")
     conda:
         "../envs/relaxbench.yaml"
     threads: 1

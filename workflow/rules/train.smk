@@ -15,12 +15,12 @@ rule train:
     input:
         data=data_done,
     output:
-        record="results/{name}/runs/{task}/{model}/{method}/seed{seed}/record.json",
-        history="results/{name}/runs/{task}/{model}/{method}/seed{seed}/history.csv",
+        record=layout.snakemake_pattern(layout.RUN, "record.json"),
+        history=layout.snakemake_pattern(layout.RUN, "history.csv"),
     log:
-        "results/{name}/logs/train/{task}/{model}/{method}/seed{seed}.log",
+        layout.snakemake_pattern(layout.RUN_LOG),
     benchmark:
-        "results/{name}/benchmarks/train/{task}/{model}/{method}/seed{seed}.tsv"
+        layout.snakemake_pattern(layout.RUN_BENCHMARK)
     conda:
         "../envs/relaxbench.yaml"
     threads: RULE_REQUESTS["train"][0]
