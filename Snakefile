@@ -55,7 +55,13 @@ localrules:
 
 
 rule all:
-    """The HTML report of the config (and everything it needs)."""
+    """The HTML report of the config (and everything it needs).
+
+    The tables and every run's record are listed too: Snakemake does not recreate a missing file that only
+    feeds an up-to-date output, so a deleted run folder would otherwise not be rerun.
+    """
     default_target: True
     input:
-        str(layout.report_dir(NAME)),
+        report=str(layout.report_dir(NAME)),
+        tables=[str(layout.results_dir(NAME) / t) for t in (layout.LEADERBOARD_CSV, layout.AGGREGATES_CSV)],
+        records=run_files("record.json"),
