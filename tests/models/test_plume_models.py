@@ -323,3 +323,86 @@ def test_scale_rsteer_starts_as_equiv_and_its_prior_measures_untying():
 def test_scale_relaxation_needs_a_scale_pair():
     with pytest.raises(ValueError, match="no pair"):
         build_scale(equiv, relaxed=True, scales=(1.0, 1.5))
+
+
+# --- every Table 2 row through the trainer ------------------------------------------------------------------
+
+ROWS = {  # (model, method) -> what the record must show
+    ("conv", "equivariant"): "broken",
+    ("equiv", "equivariant"): "exact",
+    ("equiv", "rpp"): "ok",
+    ("lift", "equivariant"): "broken",
+    ("rsteer", "equivariant"): "ok",
+    ("rsteer", "relaxed"): "ok",
+    ("equiv", "relaxed"): "exact",
+}
+
+
+def write_smooth_published(folder, symmetry: str, indices, frames: int = 12) -> None:
+    """Files in the published layout (``[frames, 2, 64, 64]`` float32) holding smooth random velocities."""
+    from relaxbench.tasks.plume import published_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in indices:
+        coarse = torch.randn(frames, 2, 4, 4, generator=torch.Generator().manual_seed(k))
+        fine = torch.nn.functional.interpolate(coarse, size=64, mode="bilinear", align_corners=False)
+        torch.save(0.1 * fine, published_file(folder, symmetry, k))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("symmetry", ["rotation", "scale"])
+def test_every_table2_row_trains_end_to_end(tmp_path, symmetry):
+    import pandas as pd
+
+    from relaxbench.config import RunSpec, resolve_run, validate_config
+    from relaxbench.train import train_run
+
+    sims = {"rotation": ([1, 2], [3]), "scale": ([0, 2], [1])}[symmetry]
+    folder = tmp_path / symmetry.capitalize()
+    write_smooth_published(folder, symmetry, sims[0] + sims[1])
+    task = {
+        "symmetry": symmetry,
+        "path": str(folder),
+        "size": 64,
+        "sampling": "staggered",
+        "train_sims": sims[0],
+        "domain_sims": sims[1],
+        "in_frames": 2,
+        "out_frames": 2,
+        "rollout": 3,
+        "train_times": [0, 3],
+        "val_times": [3, 4],
+        "future_times": [4, 6],
+        "domain_times": [0, 2],
+    }
+    rows = ROWS if symmetry == "rotation" else {k: v for k, v in ROWS.items() if k[0] in ("equiv", "rsteer")}
+    models: dict[str, dict] = {}
+    for model, method in rows:
+        params = {"hidden": 2, "layers": 3} if model != "conv" else {"hidden": 4, "layers": 3}
+        models.setdefault(model, {"tasks": ["plume"], "params": params, "methods": []})["methods"].append(
+            method
+        )
+    cfg = validate_config(
+        {
+            "name": "unit",
+            "seeds": [0],
+            "device": "cpu",
+            "training": {"epochs": 2, "batch_size": 4, "equivariance_samples": 3, "equivariance_examples": 2},
+            "methods": {"equivariant": {}, "relaxed": {}, "rpp": {}},
+            "tasks": {"plume": task},
+            "models": models,
+        }
+    )
+    for (model, method), expect in rows.items():
+        run_dir = tmp_path / "runs" / model / method
+        record = train_run(resolve_run(cfg, RunSpec("plume", model, method, 0)), run_dir, tmp_path / "data")
+        assert record.status == "ok", (model, method, record.reason)
+        assert record.test["rmse"] > 0 and record.tests["test_domain"]["rmse"] > 0
+        history = pd.read_csv(run_dir / "history.csv")
+        assert (history["prior"] > 0).all() == (model == "rsteer")  # RSteer's smoothness, on the CPU too
+        if method == "relaxed":
+            assert history["lie"].iloc[1] > 0 and history["norm"].iloc[1] > 0
+        if symmetry == "rotation" and expect == "exact":
+            assert record.equiv_final_exact < 1e-5  # projected C4 models: escnn's float32 basis
+        if symmetry == "rotation" and expect == "broken":
+            assert record.equiv_final_exact > 1e-3
