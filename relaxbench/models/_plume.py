@@ -149,8 +149,10 @@ def c4_types(in_frames: int, hidden: int) -> tuple[enn.FieldType, enn.FieldType,
 
 @dataclass(frozen=True)
 class RelaxOptions:
-    """Whether and how every convolution of a steerable stack is relaxed (the paper's free ``Conv2d`` beside
-    it, :class:`~relaxbench.families.fields.RelaxedR2Conv` with the 90-degree rotation as penalty generator).
+    """Whether and how a plume model's convolutions are relaxed (the paper's free ``Conv2d`` beside them): every
+    C4 convolution of a steerable stack (:meth:`wrap`: :class:`~relaxbench.families.fields.RelaxedR2Conv`, the
+    90-degree rotation as penalty generator), or the first layer of a scale network
+    (:class:`~relaxbench.models._scale.RelaxedScaleLift`).
 
     Attributes:
         relaxed: build the relaxed layers (``False``: the plain convolutions themselves).
