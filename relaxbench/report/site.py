@@ -43,7 +43,7 @@ from relaxbench.records import (
     follow_umask,
     read_record,
 )
-from relaxbench.report import figures
+from relaxbench.report import figures, plume
 from relaxbench.verdicts import EFFECT, POWER, VERDICTS
 
 __all__ = ["build_report"]
@@ -283,19 +283,36 @@ def _task_sections(
                 "runs": [
                     {**_nan_to_none(r), "page": pages.get(r["run_dir"])} for r in runs.to_dict("records")
                 ],
-                "figures": [
-                    {
-                        "src": p.relative_to(stage).as_posix(),
-                        "title": t,
-                        "caption": c,
-                        **dict(zip(("width", "height"), _png_size(p))),
-                    }
-                    for p, t, c in made
-                    if p is not None
-                ],
+                "figures": [_figure_entry(p, t, c, stage) for p, t, c in made if p is not None],
             }
         )
     return sections
+
+
+def _figure_entry(path: Path, title: str, caption: str, stage: Path) -> dict[str, Any]:
+    """A figure as the templates draw it: source relative to the site, title, caption, size in pixels."""
+    size = dict(zip(("width", "height"), _png_size(path)))
+    return {"src": path.relative_to(stage).as_posix(), "title": title, "caption": caption, **size}
+
+
+def _figure_entries(section: dict[str, Any] | None, stage: Path) -> dict[str, Any] | None:
+    """The plume section with its ``figures`` (``path``, ``title``, ``caption``) as :func:`_figure_entry`."""
+    if section is not None:
+        section["figures"] = [
+            _figure_entry(f["path"], f["title"], f["caption"], stage) for f in section["figures"]
+        ]
+    return section
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move the staged ``figures/`` and ``runs/`` over the old ones, then ``index.html`` (atomic renames)."""
+    for name in ("figures", "runs"):
+        old = out_dir / name
+        if old.exists():
+            os.replace(old, stage / f"old-{name}")
+        if (stage / name).exists():
+            os.replace(stage / name, old)
+    os.replace(stage / "index.html", out_dir / "index.html")
 
 
 #: What relaxbench writes into a report folder; anything else there is refused rather than thrown away.
@@ -394,6 +411,7 @@ def build_report(
             effect=(config or {}).get("statistics", {}).get("effect", EFFECT),
             power=(config or {}).get("statistics", {}).get("power", POWER),
             sections=_task_sections(board, agg, histories, pages, stage),
+            plume=_figure_entries(plume.plume_section(board, agg, records, results_dir, stage), stage),
             provenance=_provenance(board),
             methods=_methods_used(records),
         )

@@ -30,6 +30,7 @@ def test_smoke_config_runs_to_the_html_report(tmp_path):
     leaderboard = pd.read_csv(tmp_path / "results/smoke/leaderboard.csv")
     assert len(leaderboard) == len(runs)
     assert (tmp_path / "reports/smoke/index.html").stat().st_size > 0
+    assert '<section id="plume">' in (tmp_path / "reports/smoke/index.html").read_text()  # Table 2
     out = snakemake("-n", "--configfile", "configs/smoke.yaml", workdir=tmp_path)
     assert "Nothing to be done" in out.stdout
     snakemake(
