@@ -304,17 +304,6 @@ def _figure_entries(section: dict[str, Any] | None, stage: Path) -> dict[str, An
     return section
 
 
-def _publish(stage: Path, out_dir: Path) -> None:
-    """Move the staged ``figures/`` and ``runs/`` over the old ones, then ``index.html`` (atomic renames)."""
-    for name in ("figures", "runs"):
-        old = out_dir / name
-        if old.exists():
-            os.replace(old, stage / f"old-{name}")
-        if (stage / name).exists():
-            os.replace(stage / name, old)
-    os.replace(stage / "index.html", out_dir / "index.html")
-
-
 #: What relaxbench writes into a report folder; anything else there is refused rather than thrown away.
 OWN_ENTRIES = ("index.html", "figures", "runs")
 
