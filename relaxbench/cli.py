@@ -13,7 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relaxbench import __version__, layout, registry
-from relaxbench.config import ConfigError, RunSpec, data_key, expand_runs, load_config, resolve_run
+from relaxbench.config import (
+    ConfigError,
+    RunSpec,
+    data_key,
+    expand_runs,
+    grid_hashes,
+    load_config,
+    resolve_run,
+)
 from relaxbench.errors import UserError, one_line
 from relaxbench.methods import METHODS
 from relaxbench.threads import limit_threads
@@ -88,7 +96,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from relaxbench.leaderboard import aggregate, collect, write_tables
 
     results = layout.results_dir(cfg["name"], args.results)
-    board = collect(results, expected=expand_runs(cfg))
+    board = collect(results, expected=grid_hashes(cfg))
     paths = write_tables(results, board, aggregate(board, **cfg["statistics"]))
     counts = ", ".join(f"{n} {s}" for s, n in board["status"].value_counts().items())
     print(f"{paths[0]}: {len(board)} runs ({counts}); {paths[1]}")

@@ -31,6 +31,7 @@ __all__ = [
     "SCHEMA_PATH",
     "data_key",
     "expand_runs",
+    "grid_hashes",
     "load_config",
     "read_yaml",
     "resolve_run",
@@ -357,3 +358,9 @@ def run_hash(resolved: Mapping[str, Any]) -> str:
     seed share it) and without execution details that do not change results (checkpointing, resuming)."""
     training = {k: v for k, v in resolved["training"].items() if k not in EXECUTION_ONLY}
     return _digest({**{k: v for k, v in resolved.items() if k != "seed"}, "training": training})
+
+
+def grid_hashes(cfg: Mapping[str, Any]) -> dict[RunSpec, str]:
+    """Every run of a validated config's grid with its :func:`run_hash` (what ``relaxbench collect`` matches
+    records against)."""
+    return {run: run_hash(resolve_run(cfg, run)) for run in expand_runs(cfg)}

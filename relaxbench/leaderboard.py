@@ -1,11 +1,13 @@
 """Run records -> one tidy table (one row per run) -> aggregates with paired statistics.
 
 ``collect`` reads every ``runs/<task>/<model>/<method>/seed<k>/record.json`` below a config's results folder
-into one row each; runs that are not ``ok`` (``diverged``, ``failed``, or ``missing`` when an expected grid
-is given and a run left no record) stay in the table with their status and reason.
+into one row each and matches them with the config's grid; runs that are not ``ok`` stay in the table with
+their status and reason: ``diverged`` and ``failed`` (from the record), ``missing`` (a run of the grid without
+a record) and ``stale`` (a record the grid does not describe: a run it no longer lists, or one that ran with
+other settings than the config's, by ``config_hash``).
 
-``aggregate`` summarises the ``ok`` runs of every task x model x method (all other runs are counted, never
-used in a statistic):
+``aggregate`` summarises the ``ok`` runs of every task x model x method of the grid (``diverged``, ``failed``
+and ``missing`` runs are counted, never used in a statistic; ``stale`` runs are left out entirely):
 
 * per quantity (:data:`QUANTITIES`): ``n``, mean, sample standard deviation (ddof 1) and the 95 % t-based
   confidence interval of the mean (``scipy.stats.ttest_1samp(...).confidence_interval``);
@@ -43,7 +45,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -198,22 +200,50 @@ def _missing_row(run: RunSpec, results_dir: Path) -> dict:
     }
 
 
-def collect(results_dir: str | Path, expected: Iterable[RunSpec] | None = None) -> pd.DataFrame:
+def _stale_reason(row: dict, results_dir: Path, expected: Mapping[RunSpec, str | None] | None) -> str | None:
+    """Why a record on disk does not belong to the config's grid, or ``None`` when it does."""
+    run = RunSpec(row["task"], row["model"], row["method"], row["seed"])
+    if expected is None:
+        return None
+    if run not in expected:
+        return "the config's grid has no such run (a model, method, task or seed it no longer lists)"
+    if row["run_dir"] != layout.run_dir(results_dir, run).relative_to(results_dir).as_posix():
+        return f"the record describes {run.task}/{run.model}/{run.method}/seed{run.seed} but lies elsewhere"
+    wanted = expected[run]
+    if wanted is not None and row["config_hash"] != wanted:
+        return (
+            f"ran with other settings (config_hash {row['config_hash']}, the config's is {wanted}); "
+            "the workflow reruns it"
+        )
+    return None
+
+
+def collect(
+    results_dir: str | Path, expected: Iterable[RunSpec] | Mapping[RunSpec, str] | None = None
+) -> pd.DataFrame:
     """Every run record below ``results_dir`` (``results/<config>``) as one row; sorted by task, model, method, seed.
 
     Args:
         results_dir: a config's results folder, holding ``runs/<task>/<model>/<method>/seed<k>/record.json``.
-        expected: the config's grid (:func:`relaxbench.config.expand_runs`); a run of it without a record
-            gets a row with status ``missing``, so that nothing is dropped without a trace.
+        expected: the config's grid: :func:`relaxbench.config.expand_runs`, or better
+            :func:`relaxbench.config.grid_hashes` (each run with its ``config_hash``). A run of it without a
+            record gets a row with status ``missing``; a record of a run outside it, in another run's folder,
+            or (with hashes) of other settings gets status ``stale`` with the reason: listed, never averaged.
 
     Returns:
         The leaderboard: :data:`LEAD_COLUMNS`, then ``train_* / val_* / test_*`` metric columns (names carry
         units), then timings and provenance (:data:`TAIL_COLUMNS`, ``version_<package>``).
     """
     results_dir = Path(results_dir)
+    if expected is not None and not isinstance(expected, Mapping):
+        expected = dict.fromkeys(expected)
     rows = [_row(path, results_dir) for path in layout.record_paths(results_dir)]
+    for row in rows:
+        reason = _stale_reason(row, results_dir, expected)
+        if reason is not None:
+            row["status"], row["reason"] = "stale", reason
     if expected is not None:
-        found = {(r["task"], r["model"], r["method"], r["seed"]) for r in rows}
+        found = {(r["task"], r["model"], r["method"], r["seed"]) for r in rows if r["status"] != "stale"}
         rows += [
             _missing_row(run, results_dir)
             for run in expected
@@ -234,7 +264,8 @@ def collect(results_dir: str | Path, expected: Iterable[RunSpec] | None = None) 
         c for c in board if c not in fixed.union(metrics, versions)
     ]  # record fields added after this module
     board = board.reindex(columns=LEAD_COLUMNS + metrics + newer + TAIL_COLUMNS + versions)
-    older = board.loc[(board["status"] != "missing") & (board["metric_version"] != METRIC_VERSION), "run_dir"]
+    measured = ~board["status"].isin(["missing", "stale"])
+    older = board.loc[measured & (board["metric_version"] != METRIC_VERSION), "run_dir"]
     if len(older):
         warnings.warn(
             f"{results_dir}: {len(older)} run record(s) were measured with an older metric version than "
@@ -377,6 +408,7 @@ def aggregate(
     the comparisons are planned for);
     ``rank, is_best, tied_with_best, p_vs_best`` within the task (see the module docstring).
     """
+    board = board[board["status"] != "stale"]
     ok = board[board["status"] == "ok"]
     meta = (
         board.dropna(subset=["metric"]).groupby("task")[["metric", "metric_unit", "lower_is_better"]].first()

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -25,7 +26,7 @@ from relaxbench.cli import main
 from relaxbench.config import RunSpec, resolve_run, validate_config
 from relaxbench.records import atomic_write_text, read_record
 from relaxbench.train import train_run
-from tests.report.synthetic import CONFIG_NAME, write_standard_runs
+from tests.report.synthetic import CONFIG_NAME, collect_standard_runs
 from tests.workflow.helpers import snakemake
 
 # --- the harness ---------------------------------------------------------------------------------------
@@ -202,6 +203,174 @@ def test_the_workflow_refuses_names_that_are_not_folder_names(tmp_path, where, v
     workflow_refuses(tmp_path, yaml.safe_dump(cfg), "cannot be a folder name")
 
 
+# --- a leaderboard of what the config asks for ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Seeds 0 and 1 of :func:`tiny` trained through the command line; returns the working directory."""
+    work = tmp_path_factory.mktemp("trained") / "work"
+    work.mkdir()
+    config = write_yaml(work.parent, tiny(seeds=[0, 1]))
+    for seed in ("0", "1"):
+        argv = COMMANDS["train"](config)[:-1] + [seed, "--results", str(work / "results"), "--quiet"]
+        assert main(argv) == 0
+    return work
+
+
+def _drop_seed_1(cfg):
+    cfg["seeds"] = [0]
+
+
+def _wider_model(cfg):
+    cfg["models"]["tfn"]["params"]["hidden"] = "8x0e + 2x1o"
+
+
+def _model_renamed(cfg):
+    cfg["models"] = {"tfn2": {**cfg["models"]["tfn"], "arch": "tfn"}}
+
+
+def _method_added(cfg):
+    cfg["methods"]["relaxed"] = {}
+
+
+def _method_dropped(cfg):
+    cfg["methods"] = {"relaxed": {}}
+
+
+def _training_changed(cfg):
+    cfg["training"]["lr"] = 0.01
+
+
+def _seed_folder_deleted(cfg, results):
+    shutil.rmtree(results / "runs/tetris/tfn/equivariant/seed1")
+
+
+def _record_copied_elsewhere(cfg, results):
+    shutil.rmtree(results / "runs/tetris/tfn/equivariant/seed1")
+    shutil.copytree(
+        results / "runs/tetris/tfn/equivariant/seed0", results / "runs/tetris/tfn/equivariant/seed1"
+    )
+
+
+def _record_of_another_metric_version(cfg, results):
+    path = results / "runs/tetris/tfn/equivariant/seed1/record.json"
+    record = read_record(path)
+    record.config_hash, record.run_config["metric_version"] = "0123456789abcdef", 1
+    record.write(path)
+
+
+S0, S1 = "runs/tetris/tfn/equivariant/seed0", "runs/tetris/tfn/equivariant/seed1"
+#: (change of the config, change of the results folder, {run_dir: status}, text of the stale reason)
+GRIDS = {
+    "unchanged": (None, None, {S0: "ok", S1: "ok"}, None),
+    "seed dropped": (_drop_seed_1, None, {S0: "ok", S1: "stale"}, "grid has no such run"),
+    "model made wider": (
+        _wider_model,
+        None,
+        {S0: "stale", S1: "stale", S0 + "#": "missing", S1 + "#": "missing"},
+        "other settings",
+    ),
+    "model renamed": (
+        _model_renamed,
+        None,
+        {
+            S0: "stale",
+            S1: "stale",
+            "runs/tetris/tfn2/equivariant/seed0": "missing",
+            "runs/tetris/tfn2/equivariant/seed1": "missing",
+        },
+        "grid has no such run",
+    ),
+    "method added": (
+        _method_added,
+        None,
+        {
+            S0: "ok",
+            S1: "ok",
+            "runs/tetris/tfn/relaxed/seed0": "missing",
+            "runs/tetris/tfn/relaxed/seed1": "missing",
+        },
+        None,
+    ),
+    "method dropped": (
+        _method_dropped,
+        None,
+        {
+            S0: "stale",
+            S1: "stale",
+            "runs/tetris/tfn/relaxed/seed0": "missing",
+            "runs/tetris/tfn/relaxed/seed1": "missing",
+        },
+        "grid has no such run",
+    ),
+    "training changed": (
+        _training_changed,
+        None,
+        {S0: "stale", S1: "stale", S0 + "#": "missing", S1 + "#": "missing"},
+        "other settings",
+    ),
+    "run folder deleted": (None, _seed_folder_deleted, {S0: "ok", S1: "missing"}, None),
+    "record copied to another seed": (
+        None,
+        _record_copied_elsewhere,
+        {S0: "ok", S1: "stale", S1 + "#": "missing"},
+        "lies elsewhere",
+    ),
+    "older metric version": (
+        None,
+        _record_of_another_metric_version,
+        {S0: "ok", S1: "stale", S1 + "#": "missing"},
+        "other settings",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", GRIDS)
+def test_collect_lists_records_the_config_does_not_describe_as_stale_and_never_averages_them(
+    trained, tmp_path, monkeypatch, capsys, case
+):
+    change_config, change_results, expected, reason = GRIDS[case]
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)
+    results = work / "results" / "unit"
+    cfg = tiny(seeds=[0, 1])
+    if change_config:
+        change_config(cfg)
+    if change_results:
+        change_results(cfg, results)
+    before = snapshot(tmp_path)
+    monkeypatch.chdir(work)
+    assert main(["collect", "--config", write_yaml(tmp_path, cfg)]) == 0
+    board = pd.read_csv(results / "leaderboard.csv")
+    seen: dict[str, str] = {}
+    for row in board.itertuples():
+        seen[row.run_dir + ("#" if row.run_dir in seen else "")] = row.status
+    assert seen == expected
+    stale = board[board["status"] == "stale"]
+    assert all(reason in r for r in stale["reason"]) and (reason is None) == stale.empty
+    aggregates = pd.read_csv(results / "aggregates.csv")
+    assert aggregates["n_total"].sum() == (board["status"] != "stale").sum()
+    assert set(zip(aggregates["model"], aggregates["method"])) == {
+        (r.model, r.method) for r in board.itertuples() if r.status != "stale"
+    }
+    new = {"work/results/unit/leaderboard.csv", "work/results/unit/aggregates.csv"}
+    assert set(changed(before, snapshot(tmp_path))) - new - {"c.yaml"} == set()
+
+
+def test_the_report_lists_stale_records_apart(trained, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)
+    monkeypatch.chdir(work)
+    cfg = tiny(seeds=[0])
+    argv = ["--config", write_yaml(tmp_path, cfg)]
+    assert main(["collect", *argv]) == 0 and main(["report", *argv]) == 0
+    index = (work / "reports/unit/index.html").read_text()
+    stale = index.split('<section id="stale">', 1)[1].split("</section>", 1)[0]
+    assert S1 in stale and "grid has no such run" in stale
+    assert index.count(S1) == 1 and not list((work / "reports/unit/runs").glob("*seed1*"))
+
+
 # --- reports: published in one step, never over what relaxbench did not write ---------------------------
 
 
@@ -209,11 +378,10 @@ def test_the_workflow_refuses_names_that_are_not_folder_names(tmp_path, where, v
 def built(tmp_path_factory):
     """Synthetic runs collected and reported once per module; returns the working directory."""
     work = tmp_path_factory.mktemp("built") / "work"
-    write_standard_runs(work / "results" / CONFIG_NAME)
+    collect_standard_runs(work / "results" / CONFIG_NAME)
     config = work.parent / "c.yaml"
     config.write_text(yaml.safe_dump(REPORTED))
     common = ["--config", str(config), "--results", str(work / "results")]
-    assert main(["collect", *common]) == 0
     assert main(["report", *common, "--reports", str(work / "reports")]) == 0
     return work
 

@@ -348,7 +348,8 @@ def build_report(
         The path of ``index.html``.
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    board, agg = read_tables(results_dir)
+    everything, agg = read_tables(results_dir)
+    board = everything[everything["status"] != "stale"]
     records = {
         r: read_record(results_dir / r / "record.json")
         for r in board.loc[board["status"] != "missing", "run_dir"]
@@ -387,7 +388,7 @@ def build_report(
                 ),
                 encoding="utf-8",
             )
-        counts = board["status"].value_counts().to_dict()
+        counts = everything["status"].value_counts().to_dict()
         index = env.get_template("index.html").render(
             root="",
             generated=generated,
@@ -395,7 +396,8 @@ def build_report(
             title=f"relaxbench report: {(config or {}).get('name', results_dir.name)}",
             config_json=json.dumps(config, indent=2, sort_keys=True, default=str) if config else None,
             counts=counts,
-            n_runs=len(board),
+            n_runs=len(everything),
+            stale=[_nan_to_none(r) for r in everything[everything["status"] == "stale"].to_dict("records")],
             summary=_summary(agg),
             effect=(config or {}).get("statistics", {}).get("effect", EFFECT),
             power=(config or {}).get("statistics", {}).get("power", POWER),

@@ -14,16 +14,16 @@ from markupsafe import escape
 from relaxbench.cli import main
 from relaxbench.report.site import fmt_num, fmt_p, slug, sort_key
 from tests.report.browser import CHROMIUM, Chromium
-from tests.report.synthetic import CONFIG_NAME, SCRIPT, write_standard_runs
+from tests.report.synthetic import CONFIG_NAME, SCRIPT, collect_standard_runs
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """``relaxbench collect`` then ``relaxbench report`` on the synthetic runs; returns (results, site dir)."""
+    """The synthetic runs collected, then ``relaxbench report``; returns (results, site dir)."""
     root = tmp_path_factory.mktemp("report")
-    write_standard_runs(root / "results" / CONFIG_NAME)
+    collect_standard_runs(root / "results" / CONFIG_NAME)
     config = root / "config.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -37,7 +37,6 @@ def site(tmp_path_factory):
         )
     )
     common = ["--config", str(config), "--results", str(root / "results")]
-    assert main(["collect", *common]) == 0
     assert main(["report", *common, "--reports", str(root / "reports")]) == 0
     return root / "results" / CONFIG_NAME, root / "reports" / CONFIG_NAME
 
