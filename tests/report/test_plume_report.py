@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from relaxbench.cli import main
-from relaxbench.config import METRIC_VERSION
+from relaxbench.config import METRIC_VERSION, RunSpec, grid_hashes, validate_config
 from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
 from relaxbench.report.plume import ROWS
 from tests.report.browser import CHROMIUM, Chromium
@@ -29,7 +29,7 @@ FUTURE = {
 MODEL_KEY = {"conv": "conv", "equiv": "equiv", "lift": "lift", "rsteer": "rsteer"}
 
 
-def write_plume_run(results: Path, task: str, label: str, arch: str, method: str, seed: int) -> None:
+def write_plume_run(results: Path, task: str, label: str, arch: str, method: str, seed: int, hashes) -> None:
     value = FUTURE[label] + 0.01 * seed + (0.05 if task == "plume_scale" else 0.0)
     run_dir = results / "runs" / task / arch / method / f"seed{seed}"
     record = RunRecord(
@@ -40,7 +40,7 @@ def write_plume_run(results: Path, task: str, label: str, arch: str, method: str
         method=method,
         seed=seed,
         config_name=CONFIG,
-        config_hash=f"{task}-{arch}-{method}",
+        config_hash=hashes[RunSpec(task, MODEL_KEY[arch], method, seed)],  # as trained under the config
         status="ok",
         metric="rmse",
         metric_unit="velocity",
@@ -81,21 +81,20 @@ def write_plume_run(results: Path, task: str, label: str, arch: str, method: str
 def plume_site(tmp_path_factory):
     root = tmp_path_factory.mktemp("plume-report")
     results = root / "results" / CONFIG
-    for task in ("plume", "plume_scale"):
-        for label, arch, method in ROWS:
-            if task == "plume_scale" and arch == "lift":
-                continue  # a row not run for one symmetry
-            for seed in range(2):
-                write_plume_run(results, task, label, arch, method, seed)
-    config = root / "config.yaml"
     models = {
         "conv": {"tasks": ["plume", "plume_scale"], "methods": ["equivariant"]},
         "equiv": {"tasks": ["plume", "plume_scale"], "methods": ["equivariant", "rpp"]},
-        "lift": {"tasks": ["plume"], "methods": ["equivariant"]},
+        "lift": {"tasks": ["plume"], "methods": ["equivariant"]},  # a row not run for one symmetry
         "rsteer": {"tasks": ["plume", "plume_scale"], "methods": ["equivariant", "relaxed"]},
     }
     methods = {"equivariant": {}, "relaxed": {}, "rpp": {}}
-    config.write_text(yaml.safe_dump({"name": CONFIG, "seeds": [0, 1], "methods": methods, "models": models}))
+    raw = {"name": CONFIG, "seeds": [0, 1], "methods": methods, "models": models}
+    hashes = grid_hashes(validate_config(raw))
+    for run in hashes:
+        label = next(lab for lab, arch, method in ROWS if arch == run.model and method == run.method)
+        write_plume_run(results, run.task, label, run.model, run.method, run.seed, hashes)
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
     common = ["--config", str(config), "--results", str(root / "results")]
     assert main(["collect", *common]) == 0
     assert main(["report", *common, "--reports", str(root / "reports")]) == 0
