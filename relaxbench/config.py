@@ -213,6 +213,7 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
         for task in model["tasks"]:
             if task not in known_tasks:
                 raise ConfigError(f"{where}.tasks: unknown task {task!r}; choices: {known_tasks}")
+        _check_task_kinds(model, key, where, known_tasks)
         for method in [*model.get("methods", []), *model.get("method_params", {})]:
             if method not in cfg["methods"]:
                 raise ConfigError(
@@ -251,6 +252,21 @@ def _check_folder_names(cfg: Mapping[str, Any], source: str) -> None:
             raise ConfigError(
                 f"{source}: at 'models.{key}': differs from model {other!r} only in case (one folder on "
                 "case-insensitive file systems); rename one"
+            )
+
+
+def _check_task_kinds(model: Mapping[str, Any], key: str, where: str, known_tasks: list[str]) -> None:
+    """Refuse a task whose kind the model does not declare (``TASK_KINDS``, read without importing a built-in)."""
+    kinds = registry.task_kinds(model["arch"], model.get("family"))
+    if kinds is None:
+        return
+    for task in model["tasks"]:
+        kind = registry.get_task_class(task).kind
+        if kind not in kinds:
+            fitting = [t for t in known_tasks if registry.get_task_class(t).kind in kinds]
+            raise ConfigError(
+                f"{where}.tasks: model {key!r} does not support task {task!r} (kind {kind!r}); "
+                f"it supports kinds {sorted(kinds)}: tasks {fitting}"
             )
 
 

@@ -4,13 +4,15 @@ Built-ins follow one convention, so adding one edits no central table:
 
 - task ``NAME`` is the class ``TASK`` in module ``relaxbench.tasks.NAME``;
 - model ``NAME`` is the function ``build(spec, relaxed=False, **params) -> nn.Module`` in module
-  ``relaxbench.models.NAME``, which also sets ``FAMILY`` (a string) and may define
+  ``relaxbench.models.NAME``, which also sets ``FAMILY`` (a string), ``TASK_KINDS`` (a dict literal: each task
+  kind it supports, ``Task.kind``, -> the group it respects there, e.g. ``{"nbody": "E(3) x permutations"}``)
+  and may define
   ``build_unconstrained(spec, **params)`` (a non-equivariant model of similar size). A built model may offer
   ``export_for_eval() -> nn.Module``, a faster module computing the same function, which the trainer then
   uses for the final evaluation.
 
 A user model is a config entry ``arch: "package.module:function"`` with the same signature as ``build``,
-plus ``family:``; only modules named in the config are imported.
+plus ``family:``; only modules named in the config are imported. Its module may set ``TASK_KINDS`` too.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import relaxbench.models
@@ -39,6 +43,7 @@ __all__ = [
     "get_model",
     "get_task_class",
     "model_names",
+    "task_kinds",
     "task_names",
 ]
 
@@ -146,17 +151,62 @@ def build_parameters(arch: str, family: str | None = None) -> BuildParameters:
     )
 
 
+def task_kinds(arch: str, family: str | None = None) -> dict[str, str] | None:
+    """The task kinds a model supports, each with the group it respects there (its module's ``TASK_KINDS``);
+    ``None`` for a ``module:function`` entry whose module declares none (then any task is allowed).
+
+    A built-in model's declaration is read from its module's source when it is a literal (no model library is
+    imported, see :func:`build_parameters`); a built-in model without one is a :class:`RegistryError`.
+    """
+    if arch in model_names():
+        module = f"relaxbench.models.{arch}"
+        read = _source_literal(module, "TASK_KINDS")
+        if read is None:
+            read = getattr(importlib.import_module(module), "TASK_KINDS", None)
+        if not isinstance(read, dict):
+            raise RegistryError(f"model {arch!r} declares no TASK_KINDS dict in {module}")
+        return read
+    build = get_model(arch, family).build
+    return getattr(sys.modules.get(build.__module__), "TASK_KINDS", None)
+
+
+@cache
+def _module_tree(module: str) -> ast.Module | None:
+    """The parsed source of an importable module (without importing it), or ``None`` without source."""
+    spec = importlib.util.find_spec(module)
+    source = spec.loader.get_source(module) if spec is not None and spec.loader is not None else None
+    return None if source is None else ast.parse(source, filename=spec.origin or module)
+
+
+def _single_binder(tree: ast.Module, name: str) -> ast.AST | None:
+    """The node binding ``name`` if the module binds it exactly once, at top level; else ``None``."""
+    binders = [node for node in _module_scope(tree.body) if _binds(node, name)]
+    if len(binders) != 1:
+        return None
+    node = binders[0]
+    if isinstance(node, ast.Name):  # the target of a top-level assignment
+        return next((stmt for stmt in tree.body if node in ast.walk(stmt)), None)
+    return node if node in tree.body else None
+
+
+def _source_literal(module: str, name: str) -> Any:
+    """The value of ``name = <literal>`` in the module's source, or ``None`` unless bound once by such a line."""
+    tree = _module_tree(module)
+    stmt = None if tree is None else _single_binder(tree, name)
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        try:
+            return ast.literal_eval(stmt.value)
+        except ValueError:
+            return None
+    return None
+
+
 def _source_build_parameters(module: str) -> BuildParameters | None:
     """``build``'s parameters from the module's source, or ``None`` unless the module binds ``build`` exactly
     once, by an undecorated top-level ``def``."""
-    spec = importlib.util.find_spec(module)
-    source = spec.loader.get_source(module) if spec is not None and spec.loader is not None else None
-    if source is None:
-        return None
-    tree = ast.parse(source, filename=spec.origin or module)
-    binders = [node for node in _module_scope(tree.body) if _binds_build(node)]
-    build = binders[0] if len(binders) == 1 else None
-    if not (isinstance(build, ast.FunctionDef) and build in tree.body and not build.decorator_list):
+    tree = _module_tree(module)
+    build = None if tree is None else _single_binder(tree, "build")
+    if not (isinstance(build, ast.FunctionDef) and not build.decorator_list):
         return None
     args = build.args
     names = [a.arg for a in (*args.args, *args.kwonlyargs)]  # positional-only ones cannot be given by name
@@ -172,10 +222,10 @@ def _module_scope(nodes) -> Iterator[ast.AST]:
             yield from _module_scope(ast.iter_child_nodes(node))
 
 
-def _binds_build(node: ast.AST) -> bool:
-    """Whether ``node`` (re)binds or deletes the name ``build`` (a ``*`` import counts: it may)."""
+def _binds(node: ast.AST, name: str) -> bool:
+    """Whether ``node`` (re)binds or deletes ``name`` (a ``*`` import counts: it may)."""
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return node.name == "build"
+        return node.name == name
     if isinstance(node, (ast.Import, ast.ImportFrom)):
-        return any(a.name == "*" or (a.asname or a.name).split(".")[0] == "build" for a in node.names)
-    return isinstance(node, ast.Name) and node.id == "build" and isinstance(node.ctx, (ast.Store, ast.Del))
+        return any(a.name == "*" or (a.asname or a.name).split(".")[0] == name for a in node.names)
+    return isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, (ast.Store, ast.Del))

@@ -79,6 +79,14 @@ def test_runs_outside_the_grid_are_rejected(tmp_path, tiny_config, capsys, extra
     assert not (tmp_path / "r").exists()
 
 
+def test_a_model_on_a_task_it_does_not_support_exits_2_before_any_job(tmp_path, tiny_config, capsys):
+    tiny_config["models"]["egnn"] = {"tasks": ["tetris"]}
+    cfg = write(tmp_path, tiny_config)
+    assert main(["list", "--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "model 'egnn' does not support task 'tetris'" in err and err.count("\n") == 1
+
+
 def test_bad_config_writes_nothing(tmp_path, tiny_config, capsys):
     tiny_config["training"]["epochz"] = 3
     cfg = write(tmp_path, tiny_config)

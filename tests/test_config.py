@@ -1,6 +1,7 @@
 """Config validation: bad input names the key and the choices."""
 
 import copy
+import importlib
 import inspect
 import subprocess
 import sys
@@ -84,6 +85,15 @@ BAD = [
         "at 'tasks.tetris': unknown parameter(s) ['n_trian']; choices",
     ),
     (lambda c: c.pop("models"), "'models' is a required property"),
+    (
+        lambda c: c["models"].update(egnn={"tasks": ["tetris"]}),
+        "at 'models.egnn'.tasks: model 'egnn' does not support task 'tetris' (kind 'point_classification'); "
+        "it supports kinds ['nbody']: tasks ['nbody']",
+    ),
+    (
+        lambda c: c["models"].update(steerable_cnn={"tasks": ["tetris"]}),
+        "does not support task 'tetris' (kind 'point_classification'); it supports kinds ['image_classification']",
+    ),
     (lambda c: c.update(statistics={"effect": 0}), "statistics.effect"),
     (lambda c: c.update(statistics={"power": 1.0}), "statistics.power"),
     (lambda c: c.update(statistics={"alpha": 0.1}), "unknown key(s) ['alpha']; choices: ['effect', 'power']"),
@@ -137,6 +147,17 @@ def test_build_parameters_read_from_source_match_the_imported_signature(arch):
     assert registry._source_build_parameters(f"relaxbench.models.{arch}") == read  # read, not imported
     assert read.names == expected
     assert read.any_keyword == any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+@pytest.mark.parametrize("arch", registry.model_names())
+def test_task_kinds_read_from_source_are_the_modules_declaration(arch):
+    module = importlib.import_module(f"relaxbench.models.{arch}")
+    assert registry._source_literal(f"relaxbench.models.{arch}", "TASK_KINDS") == module.TASK_KINDS
+    assert registry.task_kinds(arch) == module.TASK_KINDS
+    kinds = {registry.get_task_class(t).kind for t in registry.task_names()} | {
+        "plume"
+    }  # plume: task to come
+    assert set(module.TASK_KINDS) <= kinds
 
 
 def test_checking_model_params_imports_no_model_library(tiny_config):

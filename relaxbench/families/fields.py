@@ -60,6 +60,7 @@ __all__ = [
     "fibre_matrix",
     "field_action",
     "generator_elements",
+    "group_averaged_kernel",
     "is_grid_exact",
     "relax",
 ]
@@ -259,6 +260,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             return lambda x: torch.stack([op(x) for op in ops])
 
         super().__init__(conv, free, make_finite_action(act(rho_in), act(rho_out)))
+        self.elements = elements
         self.in_type, self.out_type = conv.in_type, conv.out_type
         self._fused_equivariant: tuple[Tensor, Tensor | None] | None = None  # R2Conv kernel, bias (training)
         if penalty_examples is not None and penalty_examples < 1:
@@ -367,6 +369,30 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         if self.theta != 0.0:
             raise ValueError(f"only a projected layer (theta = 0) can be exported, theta is {self.theta}")
         return self.equivariant.export()
+
+
+def group_averaged_kernel(layer: RelaxedR2Conv, max_order: int = 64) -> Tensor:
+    """``[C_out, C_in, k, k]``: the layer's free kernel averaged over the finite group ``H`` its penalty
+    generators generate, ``mean_h rho_out(h)^-1 K(h q) rho_in(h)``: an equivariant kernel (exactly, for the
+    default ``"grid"`` generators, which act on the pixel grid by permutations; float64)."""
+    elements, frontier = [layer.elements[0].group.identity], list(layer.elements)
+    while frontier:
+        g = frontier.pop()
+        if g in elements:
+            continue
+        elements.append(g)
+        if len(elements) > max_order:
+            raise ValueError(f"the penalty generators generate more than {max_order} elements")
+        frontier += [g @ h for h in layer.elements]
+    kernel = layer.free.weight.detach().to(torch.float64)
+    trivial = enn.FieldType(layer.in_type.gspace, [layer.in_type.gspace.trivial_repr])
+    total = torch.zeros_like(kernel)
+    for h in elements:
+        moved = field_action(kernel.flatten(0, 1).unsqueeze(1), trivial, ~h).view_as(kernel)  # K(h q)
+        total += torch.einsum(
+            "co,cikl,ij->ojkl", fibre_matrix(layer.out_type, h), moved, fibre_matrix(layer.in_type, h)
+        )
+    return total / len(elements)
 
 
 def relax(

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 from relaxbench.families.blocks import CNN
 
-__all__ = ["FAMILY", "build", "build_unconstrained"]
+__all__ = ["FAMILY", "TASK_KINDS", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"image_classification": "none"}
 
 
 def build(

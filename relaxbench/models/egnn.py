@@ -31,9 +31,11 @@ from torch import Tensor, nn
 from relaxbench.families import vectors
 from relaxbench.families.blocks import fully_connected_edges
 
-__all__ = ["EGNN", "FAMILY", "build"]
+__all__ = ["EGNN", "FAMILY", "TASK_KINDS", "build"]
 
 FAMILY = "gnn"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"nbody": "E(3) x permutations"}
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, final_act: bool = False) -> nn.Sequential:

@@ -16,9 +16,11 @@ from torch import Tensor, nn
 
 from relaxbench.families import vectors
 
-__all__ = ["FAMILY", "LinearDrift", "build"]
+__all__ = ["FAMILY", "TASK_KINDS", "LinearDrift", "build"]
 
 FAMILY = "baseline"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"nbody": "E(3) x permutations"}
 
 
 class LinearDrift(nn.Module):

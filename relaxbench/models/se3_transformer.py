@@ -44,9 +44,15 @@ from torch import Tensor, nn
 
 from relaxbench.families import irreps
 
-__all__ = ["DEFAULTS", "FAMILY", "EquivariantLayerNorm", "SE3Transformer", "build"]
+__all__ = ["DEFAULTS", "FAMILY", "TASK_KINDS", "EquivariantLayerNorm", "SE3Transformer", "build"]
 
 FAMILY = "se3_transformer"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {
+    "molecule": "E(3) x permutations",
+    "nbody": "E(3) x permutations",
+    "point_classification": "SO(3) x permutations",
+}
 
 #: Default node irreps and depth per task kind. Molecular energies and N-body positions are O(3)-equivariant,
 #: so even scalars, vectors and l = 2 suffice; telling mirror images apart (tetris' chiral pair) needs odd

@@ -37,9 +37,11 @@ from torch import Tensor, nn
 from relaxbench.families import irreps
 from relaxbench.families.blocks import fully_connected_edges
 
-__all__ = ["FAMILY", "SEGNN", "SteerableLinear", "SwishGate", "balanced_hidden_irreps", "build"]
+__all__ = ["FAMILY", "TASK_KINDS", "SEGNN", "SteerableLinear", "SwishGate", "balanced_hidden_irreps", "build"]
 
 FAMILY = "gnn"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"nbody": "E(3) x permutations"}
 
 INPUT_IRREPS = o3.Irreps("2x1o + 1x0e")
 MESSAGE_EXTRA_IRREPS = o3.Irreps("2x0e")

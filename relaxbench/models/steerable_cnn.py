@@ -37,9 +37,11 @@ from torch import Tensor, nn
 from relaxbench.families import fields, relaxed_layers
 from relaxbench.families.blocks import matched_cnn
 
-__all__ = ["FAMILY", "SteerableCNN", "build", "build_unconstrained"]
+__all__ = ["FAMILY", "TASK_KINDS", "SteerableCNN", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"image_classification": "C_N, D_N or SO(2) (the group parameter)"}
 
 
 class _AvgPool(enn.PointwiseAvgPool2D):

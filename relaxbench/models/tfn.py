@@ -4,7 +4,14 @@ Takes ``batch["pos"] [B, P, 3]`` (a fully connected point set per example) and r
 ``[B, num_classes]``. Each layer: messages ``TP(h_j, Y(r_ij); R(|r_ij|))`` (spherical harmonics up to
 ``l_max``, radial MLP weights) summed over neighbours, then a relaxable self-interaction ``o3.Linear`` and a
 gated nonlinearity. Representations: node features ``hidden`` irreps (default
-``"8x0e + 8x0o + 4x1e + 4x1o"``), output ``num_classes x 0e`` averaged over points.
+``"8x0e + 8x0o + 4x1e + 4x1o"``); the last layer outputs ``num_classes x 0e + num_classes x 0o`` per point,
+averaged over points, and a linear readout of those scalars gives the logits.
+
+The odd scalars ``0o`` (pseudo-scalars, e.g. triple products) are invariant under rotations but change sign
+under reflections, so the model is SO(3)- but not O(3)-invariant: it can tell a chiral pair apart (tetris'
+two mirror-image shapes). With even scalars alone it was O(3)-invariant and gave mirror images the same logits.
+Odd features first appear in the third layer (``1o x 1o -> 1e``, then ``1e x 1o -> 0o``), so telling mirror
+images apart needs ``layers >= 3`` (the default).
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from torch import Tensor, nn
 
 from relaxbench.families import irreps
 
-__all__ = ["FAMILY", "TFN", "build"]
+__all__ = ["FAMILY", "TASK_KINDS", "TFN", "build"]
 
 FAMILY = "tensor_field"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"point_classification": "SO(3) x permutations"}
 
 
 class _GatedBlock(nn.Module):
@@ -67,8 +76,10 @@ class TFN(nn.Module):
         for _ in range(layers - 1):
             blocks.append(_GatedBlock(irreps, self.irreps_sh, hidden, n_radial, relaxed))
             irreps = blocks[-1].irreps_out
-        blocks.append(_GatedBlock(irreps, self.irreps_sh, f"{num_classes}x0e", n_radial, relaxed, last=True))
+        scalars = f"{num_classes}x0e + {num_classes}x0o"  # odd scalars: SO(3)- but not O(3)-invariant
+        blocks.append(_GatedBlock(irreps, self.irreps_sh, scalars, n_radial, relaxed, last=True))
         self.blocks = nn.ModuleList(blocks)
+        self.readout = nn.Linear(2 * num_classes, num_classes)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         pos = batch["pos"]  # [B, P, 3]
@@ -78,7 +89,7 @@ class TFN(nn.Module):
         h = pos.new_ones(b, p, 1)
         for block in self.blocks:
             h = block(h, sh, radial, p)
-        return h.mean(1)
+        return self.readout(h.mean(1))  # [B, 2 num_classes] invariant scalars -> logits
 
 
 def build(

@@ -29,9 +29,11 @@ from torch import Tensor, nn
 from relaxbench.families.blocks import invariant_head
 from relaxbench.families.vector_neurons import VNLinearLeakyReLU, VNStdFeature, graph_feature, vn_pool
 
-__all__ = ["FAMILY", "VNDGCNN", "build"]
+__all__ = ["FAMILY", "TASK_KINDS", "VNDGCNN", "build"]
 
 FAMILY = "vector_neurons"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"point_classification": "O(3) x permutations"}
 
 
 class VNDGCNN(nn.Module):

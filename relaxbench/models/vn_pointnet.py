@@ -39,9 +39,11 @@ from relaxbench.families.vector_neurons import (
     vn_pool,
 )
 
-__all__ = ["FAMILY", "VNPointNet", "build"]
+__all__ = ["FAMILY", "TASK_KINDS", "VNPointNet", "build"]
 
 FAMILY = "vector_neurons"
+#: task kinds this model supports -> the group it respects on them
+TASK_KINDS = {"point_classification": "SO(3) x permutations"}
 
 
 class _VNTransform(nn.Module):

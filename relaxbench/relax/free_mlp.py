@@ -100,6 +100,7 @@ class RelaxedFreeMLP(RelaxedLayer):
         else:
             raise ValueError(f"lie_mode must be 'lie' or 'finite', got {lie_mode!r}")
         super().__init__(equivariant, free or (lambda: free_mlp(d_x, hidden, d_out)), action)
+        self.d_y = d_y
 
     def forward(self, y: Tensor, context: Tensor) -> Tensor:  # type: ignore[override]
         out = self.equivariant(y)

@@ -198,6 +198,8 @@ class RotatedImageTask(ClassificationTask):
     Subclasses implement :meth:`build_arrays` and set ``defaults`` (which must contain ``canvas``).
     """
 
+    kind = "image_classification"
+
     num_classes = 10
 
     def __init__(self, params, data_dir) -> None:
@@ -246,7 +248,7 @@ class RotatedImageTask(ClassificationTask):
     @property
     def spec(self) -> dict[str, Any]:
         size = self.params["canvas"]
-        return {"kind": "image_classification", "channels": 1, "size": size, "num_classes": self.num_classes}
+        return {"kind": self.kind, "channels": 1, "size": size, "num_classes": self.num_classes}
 
     def sample_group(self, n: int, generator: torch.Generator) -> list[GroupElement]:
         return rotation_elements(n, generator)

@@ -85,6 +85,9 @@ class Task(abc.ABC):
     """
 
     name: ClassVar[str]
+    kind: ClassVar[
+        str
+    ]  # spec["kind"]: what a model must take and return (models declare the kinds they support)
     metrics: ClassVar[tuple[Metric, ...]]
     defaults: ClassVar[dict[str, Any]] = {}
     needs_grad: ClassVar[bool] = False

@@ -90,6 +90,7 @@ class MD(Task):
     """Energies and forces of one molecule along MD trajectories (see the module docstring)."""
 
     name = "md"
+    kind = "molecule"
     metrics = (
         Metric("force_mae_kcal_mol_A", "kcal/mol/Angstrom", True),
         Metric("energy_mae_kcal_mol", "kcal/mol", True),
@@ -225,7 +226,7 @@ class MD(Task):
 
     @property
     def spec(self) -> dict:
-        return {"kind": "molecule", "max_atomic_number": MAX_ATOMIC_NUMBER}
+        return {"kind": self.kind, "max_atomic_number": MAX_ATOMIC_NUMBER}
 
     # --- learning ---------------------------------------------------------------------------------
     @property

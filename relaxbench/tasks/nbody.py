@@ -49,6 +49,7 @@ def reference_file(folder: str | Path, key: str, split: str) -> Path:
 
 class NBody(Task):
     name = "nbody"
+    kind = "nbody"
     metrics = (Metric("mse_pos", "length^2", True),)
     defaults = {
         "n_train": 3000,
@@ -168,7 +169,7 @@ class NBody(Task):
     @property
     def spec(self) -> dict:
         return {
-            "kind": "nbody",
+            "kind": self.kind,
             "n_particles": sim.N_PARTICLES,
             "inputs": ["loc", "vel", "charges"],
             "output": "positions",

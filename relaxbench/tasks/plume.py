@@ -195,6 +195,7 @@ def read_published(folder: str | Path, symmetry: str, index: int, n_frames: int)
 
 class Plume(Task):
     name = "plume"
+    kind = "plume"
     metrics = (Metric("rmse", "velocity", True), Metric("mse", "velocity^2", True))
     test_splits = ("test", "test_domain")
     defaults = {
@@ -343,7 +344,7 @@ class Plume(Task):
     @property
     def spec(self) -> dict[str, Any]:
         p = self.params
-        return {"kind": "plume", "symmetry": p["symmetry"], "in_frames": p["in_frames"], "size": p["size"]}
+        return {"kind": self.kind, "symmetry": p["symmetry"], "in_frames": p["in_frames"], "size": p["size"]}
 
     # --- learning ---------------------------------------------------------------------------------
     def predict(self, model: nn.Module, batch: Batch) -> Tensor:

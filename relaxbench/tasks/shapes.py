@@ -86,6 +86,7 @@ def _modelnet40_files(root: Path, split: str) -> list[Path]:
 
 class Shapes(ClassificationTask):
     name = "shapes"
+    kind = "point_classification"
     defaults = {
         "dataset": "synthetic",
         "path": None,
@@ -203,7 +204,7 @@ class Shapes(ClassificationTask):
     def spec(self) -> dict:
         synthetic = self.params["dataset"] == "synthetic"
         return {
-            "kind": "point_classification",
+            "kind": self.kind,
             "n_points": self.params["n_points"],
             "num_classes": len(CLASSES) if synthetic else MODELNET40_CLASSES,
         }

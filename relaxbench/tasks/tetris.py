@@ -35,6 +35,7 @@ SHAPES = np.array(
 
 class Tetris(ClassificationTask):
     name = "tetris"
+    kind = "point_classification"
     defaults = {"n_train": 8, "n_val": 16, "n_test": 32, "jitter": 0.0, "seed": 0}
 
     def prepare(self) -> None:
@@ -70,7 +71,7 @@ class Tetris(ClassificationTask):
 
     @property
     def spec(self) -> dict:
-        return {"kind": "point_classification", "n_points": 4, "num_classes": len(SHAPES)}
+        return {"kind": self.kind, "n_points": 4, "num_classes": len(SHAPES)}
 
     def sample_group(self, n, generator):
         return sample_rotations_and_permutations(n, generator, 4)

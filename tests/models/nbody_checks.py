@@ -1,17 +1,13 @@
-"""Checks shared by the N-body GNN tests (EGNN, SEGNN, the linear baseline): equivariance, projection,
-free branch, Lie penalty, and one tiny run through the trainer."""
+"""Helpers of the N-body GNN tests (EGNN, SEGNN, the linear baseline): float64 twins, a batch, and one tiny
+run through the trainer. Equivariance, projection, free branches and Lie penalties are the contract
+(tests/test_contract.py, relaxbench.testing)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from relaxbench.config import RunSpec, resolve_run, validate_config
-from relaxbench.relax import relaxed_layers, set_theta
-from relaxbench.symmetry import equivariance_error
-from relaxbench.tasks.nbody import NBody
 from relaxbench.train import train_run
 
 F64 = torch.float64
@@ -45,56 +41,6 @@ def build64(module, relaxed: bool, params: dict, seed: int = 0) -> nn.Module:
 def twins(module, params: dict, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """The plain and the relaxed model built from one seed, in float64."""
     return build64(module, False, params, seed), build64(module, True, params, seed)
-
-
-def equivariance(model: nn.Module, tmp_path, seed: int = 0) -> float:
-    """Worst-case relative error over rotations x translations x permutations, mean over a batch."""
-    task = NBody({}, tmp_path)
-    elements = task.sample_group(4, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return equivariance_error(model, batch(), elements, task.act, task.act_output).exact
-
-
-def randomise_free_branches(model: nn.Module, std: float = 0.3) -> None:
-    torch.manual_seed(1)
-    for layer in relaxed_layers(model):
-        nn.init.normal_(layer.free.weight, 0.0, std)
-
-
-def check_projection_and_free_branch(plain: nn.Module, relaxed: nn.Module, tmp_path) -> None:
-    """Plain: equivariant; relaxed at theta = 0: the plain outputs bit for bit (also with a random free map);
-    at theta > 0 with a random free map: not equivariant. ``plain`` and ``relaxed`` are :func:`twins`."""
-    assert equivariance(plain, tmp_path) < 1e-12
-    assert list(relaxed_layers(relaxed)) and not list(relaxed_layers(plain))
-    x = batch()
-    set_theta(relaxed, 0.0)
-    with torch.no_grad():
-        assert torch.equal(plain(x), relaxed(x))
-    randomise_free_branches(relaxed)
-    with torch.no_grad():
-        assert torch.equal(plain(x), relaxed(x))  # still projected
-        set_theta(relaxed, 0.5)
-        assert not torch.allclose(plain(x), relaxed(x))
-    assert equivariance(relaxed, tmp_path) > 1e-3
-
-
-def check_lie_penalty(relaxed: nn.Module, equivariant_weight: Callable[[nn.Module], Tensor]) -> None:
-    """For every relaxed layer, the Lie term is ~0 for an equivariant free map and > 0 for a random one."""
-    set_theta(relaxed, 0.5)
-    relaxed.train()
-    for layer in relaxed_layers(relaxed):
-        with torch.no_grad():
-            layer.free.weight.copy_(equivariant_weight(layer))
-    relaxed(batch())
-    layers = list(relaxed_layers(relaxed))
-    for layer in layers:
-        ld, norm = layer.penalty_terms()
-        assert ld.item() < 1e-10 and norm.item() > 1e-6
-    randomise_free_branches(relaxed)
-    relaxed(batch())
-    for layer in layers:
-        ld, _ = layer.penalty_terms()
-        assert ld.item() > 1e-3
 
 
 def check_tiny_training_run(model_name: str, params: dict, tmp_path) -> None:

@@ -1,11 +1,12 @@
-"""SEGNN on N-body: E(3) x permutation equivariance, projection, free branch, Lie penalty, a tiny run."""
+"""SEGNN on N-body: structure, l_max = 2, the gate, a tiny run (the contract: test_contract.py)."""
 
 import pytest
 import torch
 from e3nn import o3
 
-from relaxbench.families.irreps import linear_matrix
 from relaxbench.models import segnn
+from relaxbench.tasks.nbody import NBody
+from relaxbench.testing import assert_equivariant
 from tests.models import nbody_checks as checks
 
 SMALL = {"hidden": 4, "layers": 1}
@@ -16,25 +17,15 @@ def models():
     return checks.twins(segnn, SMALL)
 
 
-def irreps_linear_weight(layer):
-    """An equivariant free map ``irreps_in -> irreps_out``: a random block-scalar map per irrep type."""
-    tp = layer.equivariant.tp
-    return linear_matrix(o3.Linear(tp.irreps_in1, tp.irreps_out).to(layer.free.weight.dtype)).t()
-
-
 def test_hidden_irreps_are_weight_balanced():
     assert segnn.balanced_hidden_irreps(64, 1) == o3.Irreps("32x0e + 32x1o")  # as in the SEGNN paper
     assert segnn.balanced_hidden_irreps(16, 2).lmax == 2
 
 
-def test_segnn_is_equivariant_and_relaxes(models, tmp_path):
-    checks.check_projection_and_free_branch(*models, tmp_path)
-
-
 def test_segnn_with_l_max_2_is_equivariant(tmp_path):
     model = checks.build64(segnn, False, {**SMALL, "l_max": 2})
     assert model.irreps_hidden.lmax == 2
-    assert checks.equivariance(model, tmp_path) < 1e-12
+    assert_equivariant(model, NBody({}, tmp_path), checks.batch())  # l_max = 1 is in the contract
 
 
 def test_segnn_relaxes_both_update_layers_of_every_layer(models):
@@ -60,10 +51,6 @@ def test_segnn_centres_positions_over_particles(models):
     shifted = {**x, "loc": x["loc"] + torch.tensor([5.0, -3.0, 2.0], dtype=torch.float64)}
     with torch.no_grad():
         assert torch.allclose(plain(shifted) - shifted["loc"], plain(x) - x["loc"], rtol=0, atol=1e-12)
-
-
-def test_segnn_lie_penalty_vanishes_exactly_on_equivariant_free_maps(models):
-    checks.check_lie_penalty(models[1], irreps_linear_weight)
 
 
 def test_swish_gate_is_equivariant():

@@ -17,8 +17,9 @@ from relaxbench.families.vector_neurons import EPS, VNLinear, VNLinearLeakyReLU,
 from relaxbench.models import vn_dgcnn, vn_pointnet
 from relaxbench.relax import lie_derivative_sq, relaxation_penalty, relaxed_layers, set_theta
 from relaxbench.relax.dense import DenseRelaxedLinear
-from relaxbench.symmetry import model_equivariance_error, random_rotation_matrices
+from relaxbench.symmetry import random_rotation_matrices
 from relaxbench.tasks.shapes import Shapes
+from relaxbench.testing import assert_equivariant
 from relaxbench.train import train_run
 
 
@@ -65,67 +66,14 @@ def _task(tmp_path) -> Shapes:
     return Shapes({"n_points": N_POINTS}, tmp_path)
 
 
-def _invariance_error(model, tmp_path, pos) -> float:
-    batch = {"pos": pos, "label": torch.zeros(len(pos), dtype=torch.long)}
-    err = model_equivariance_error(model, _task(tmp_path), batch, n_elements=4, seed=0)
-    assert err.dtype == "float64"
-    return err.exact
-
-
-# --- models ------------------------------------------------------------------------------------------
+# --- models (the contract, tests/test_contract.py, checks them with mean pooling) ---------------------------
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("pooling", ["mean", "max"])
-def test_logits_are_invariant_under_rotations_and_permutations(name, pooling, tmp_path):
+def test_max_pooling_models_are_invariant_under_rotations_and_permutations(name, tmp_path):
     pos = _clouds()
-    model = _calibrated(_build(name, pooling=pooling), pos)
+    model = _calibrated(_build(name, pooling="max"), pos)
     logits = model({"pos": pos})
     assert logits.shape == (6, 5) and logits.std(0).min() > 1e-2  # not a constant function
-    assert _invariance_error(model, tmp_path, pos) < 1e-9
-
-
-def test_chirality_vn_pointnet_is_so3_but_not_o3_invariant_vn_dgcnn_is_o3_invariant():
-    """The cross product in VN-PointNet's first layer is a pseudo-vector: mirror images get different logits,
-    so it can separate the helix pair. VN-DGCNN only combines vectors linearly and by inner products: it is
-    invariant under reflections too, and gives a helix and its mirror image the same logits."""
-    pos = _clouds()
-    mirror = pos * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
-    rotation = random_rotation_matrices(1, torch.Generator().manual_seed(2))[0]
-    improper = pos @ (-rotation).T  # a rotation composed with the point reflection
-    gaps = {}
-    for name in MODELS:
-        model = _calibrated(_build(name), pos)
-        with torch.no_grad():
-            logits = model({"pos": pos})
-            gaps[name] = max((model({"pos": x}) - logits).abs().max().item() for x in (mirror, improper))
-    assert gaps["vn_pointnet"] > 1e-2
-    assert gaps["vn_dgcnn"] < 1e-9
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_relaxed_at_theta_zero_is_the_plain_model_bit_for_bit(name):
-    pos = _clouds()
-    plain, relaxed = _build(name), _build(name, relaxed=True, free_init_std=0.3)
-    assert any(True for _ in relaxed_layers(relaxed)) and not any(True for _ in relaxed_layers(plain))
-    set_theta(relaxed, 0.0)
-    for mode in ("train", "eval"):
-        plain.train(mode == "train")
-        relaxed.train(mode == "train")
-        outputs = []
-        for model in (plain, relaxed):
-            torch.manual_seed(5)  # the same dropout masks
-            with torch.no_grad():
-                outputs.append(model({"pos": pos}))
-        assert torch.equal(*outputs)
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_relaxed_with_a_random_free_map_is_not_invariant(name, tmp_path):
-    pos = _clouds()
-    model = _calibrated(_build(name, relaxed=True, free_init_std=0.3), pos)
-    set_theta(model, 0.5)
-    assert _invariance_error(model, tmp_path, pos) > 1e-3
-    set_theta(model, 0.0)  # projection restores exact invariance
-    assert _invariance_error(model, tmp_path, pos) < 1e-9
+    assert_equivariant(model, _task(tmp_path), {"pos": pos, "label": torch.zeros(6, dtype=torch.long)})
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from relaxbench.cli import main
-from relaxbench.families.irreps import linear_matrix
-from relaxbench.relax import relaxed_layers, set_theta
-from relaxbench.symmetry import model_equivariance_error
 from relaxbench.tasks.tetris import SHAPES, Tetris
+from relaxbench.testing import (
+    assert_equivariant,
+    assert_penalty_null_space,
+    assert_projection_exact,
+    assert_relaxed_breaks_symmetry,
+    assert_separates,
+    assert_theta_reaches_every_layer,
+    mirrored,
+)
 from tests.workflow.helpers import REPO
 
 _spec = importlib.util.spec_from_file_location("my_model", REPO / "examples" / "my_model.py")
@@ -31,10 +37,8 @@ def task(tmp_path):
 @pytest.fixture
 def batch():
     pos = torch.from_numpy(SHAPES - SHAPES.mean(axis=1, keepdims=True))  # [8, 4, 3] float64
-    return {
-        "pos": pos
-        + 0.05 * torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=pos.dtype)
-    }
+    noise = 0.05 * torch.randn(pos.shape, generator=torch.Generator().manual_seed(1), dtype=pos.dtype)
+    return {"pos": pos + noise, "label": torch.arange(8)}
 
 
 def build(relaxed, seed=0):
@@ -42,62 +46,16 @@ def build(relaxed, seed=0):
     return my_model.build(SPEC, relaxed=relaxed).double()
 
 
-def error(model, task, batch):
-    return model_equivariance_error(model, task, batch, n_elements=4, seed=0).exact
-
-
-#: Float64 tolerance of a model built in float32 and cast: 4e-11 of the logits' input-dependent part
-#: (5e-15 when built in float64; the head bias is ~80x that part, so ``||f(x)||`` would read 80x less).
-TOL = 1e-9
-
-
-def test_plain_model_is_invariant_to_rotations_and_point_order(task, batch):
-    assert error(build(False), task, batch) < TOL
-
-
-def test_projected_relaxed_model_equals_its_plain_twin_bit_for_bit(batch):
-    plain, relaxed = build(False).eval(), build(True).eval()
-    set_theta(relaxed, 0.0)
-    assert torch.equal(plain(batch), relaxed(batch))
-
-
-def test_relaxed_model_with_random_free_maps_is_not_invariant(task, batch):
-    model = build(True)
-    for layer in relaxed_layers(model):
-        torch.nn.init.normal_(layer.free.weight, std=0.3, generator=torch.Generator().manual_seed(2))
-    set_theta(model, 0.5)
-    assert error(model, task, batch) > 1e-3
-    set_theta(model, 0.0)
-    assert error(model, task, batch) < TOL
-
-
-def lie_terms(model, batch):
-    model.train()
-    set_theta(model, 0.5)
-    model(batch)
-    return [float(layer.penalty_terms(lie=True, norm=False)[0]) for layer in relaxed_layers(model)]
-
-
-def test_lie_penalty_vanishes_exactly_for_equivariant_free_maps(batch):
-    model = build(True)
-    with torch.no_grad():
-        for layer in relaxed_layers(model):
-            layer.free.weight.copy_(linear_matrix(layer.equivariant).t())  # an equivariant map, [d_out, d_in]
-    terms = lie_terms(model, batch)
-    assert len(terms) == 2 and max(terms) < 1e-10
-
-
-def test_lie_penalty_is_positive_for_random_free_maps(batch):
-    model = build(True)
-    for layer in relaxed_layers(model):
-        torch.nn.init.normal_(layer.free.weight, std=0.3, generator=torch.Generator().manual_seed(3))
-    assert min(lie_terms(model, batch)) > 1e-6
-
-
-def test_model_tells_the_chiral_pair_apart(batch):
-    model = build(False).eval()
-    mirrored = {"pos": batch["pos"] * torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)}
-    assert (model(batch) - model(mirrored)).abs().max() > 1e-8  # an achiral model: ~1e-16 in float64
+def test_user_model_passes_the_contract(task, batch):
+    """The checks every built-in model passes (tests/test_contract.py), from relaxbench.testing, in float64."""
+    plain, relaxed = build(False), build(True)
+    assert_equivariant(plain, task, batch)  # invariant to rotations and point order
+    assert_separates(plain, task, batch, mirrored(batch))  # SO(3) only: tells the chiral pair apart
+    assert_projection_exact(plain, relaxed, task, batch)  # theta = 0: the plain model bit for bit
+    assert_relaxed_breaks_symmetry(relaxed, task, batch)  # theta > 0, random free maps: not invariant
+    assert_theta_reaches_every_layer(relaxed, task, batch)
+    terms = assert_penalty_null_space(relaxed, task, batch)  # Lie penalty zero exactly on equivariant maps
+    assert len(terms) == 2  # one relaxed linear map per block
 
 
 def test_the_example_config_trains_the_user_model(tmp_path, monkeypatch):

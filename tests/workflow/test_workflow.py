@@ -90,6 +90,18 @@ def test_the_workflow_checks_model_parameters_before_any_job(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_workflow_refuses_a_model_on_a_task_kind_it_does_not_support(tmp_path):
+    cfg = load("configs/smoke.yaml")
+    cfg["models"]["egnn"]["tasks"] = ["nbody", "tetris"]
+    out = snakemake(
+        "-n", "--configfile", str(write_config(tmp_path / "bad.yaml", cfg)), workdir=tmp_path, check=False
+    )
+    assert out.returncode != 0
+    assert "model 'egnn' does not support task 'tetris' (kind 'point_classification')" in out.stdout
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
 def test_the_workflow_refuses_overrides_the_jobs_would_not_see(tmp_path):
     out = snakemake(
         "-n", "--configfile", "configs/smoke.yaml", "--config", "seeds=[0,1]", workdir=tmp_path, check=False
