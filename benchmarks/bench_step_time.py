@@ -28,10 +28,9 @@ import time
 import torch
 
 from relaxbench import registry
-from relaxbench.methods import get_method
+from relaxbench.methods import get_method, regulariser
 from relaxbench.relax import FreeShareMeter, free_parameters, set_theta
 from relaxbench.threads import limit_threads
-from relaxbench.train import regulariser
 
 # (task, task params, model, model params, batch size): each family at its CPU-scale default (the batch size of
 # configs/default.yaml) and, where the paper's size differs and still fits a CPU, at the paper's size.

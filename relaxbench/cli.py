@@ -144,10 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str, results: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
-        p.add_argument("--results", default=layout.RESULTS, help="results root (default: results)")
+        if results:  # the subcommands that read or write the results folder
+            p.add_argument("--results", default=layout.RESULTS, help="results root (default: results)")
         return p
 
     p = add("data", cmd_data, "generate or convert one task's data into the cache")
@@ -201,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Snakemake profile folder or file, as given to snakemake (repeat for a site file; later wins)",
     )
 
-    p = add("list", cmd_list, "list tasks, models and methods, or a config's runs")
+    p = add("list", cmd_list, "list tasks, models and methods, or a config's runs", results=False)
     p.add_argument("--config")
     return parser
 

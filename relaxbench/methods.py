@@ -23,10 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import torch
+from torch import nn
+
 from relaxbench.errors import UserError
+from relaxbench.relax import free_parameters, prior_penalty, relaxation_penalty
 from relaxbench.relax.schedules import SCHEDULES, Schedule
 
-__all__ = ["METHODS", "Method", "MethodError", "get_method"]
+__all__ = ["METHODS", "Method", "MethodError", "get_method", "regulariser"]
 
 VARIANTS = ("equivariant", "relaxed", "unconstrained")
 
@@ -46,7 +50,7 @@ class Method:
         schedule: theta schedule during training (see :mod:`relaxbench.relax.schedules`).
         theta_peak: the schedule's maximum theta.
         lambda_lie, lambda_norm: weights of ``sqrt(ld + eps)`` and ``sqrt(norm + eps)``.
-        lie_times_theta: multiply the regulariser by theta (the VN-DGCNN variant).
+        penalty_times_theta: multiply both penalty terms (Lie and norm) by theta (the VN-DGCNN variant).
         free_l2: weight of an L2 penalty on the free-branch parameters (residual pathway prior).
         project: evaluate at theta = 0 (the paper's projection); otherwise at the last training theta.
         eps: inside the square roots; keeps gradients finite where a free map is exactly zero.
@@ -58,7 +62,7 @@ class Method:
     theta_peak: float = 1.0
     lambda_lie: float = 0.0
     lambda_norm: float = 0.0
-    lie_times_theta: bool = False
+    penalty_times_theta: bool = False
     free_l2: float = 0.0
     project: bool = True
     eps: float = 1e-8
@@ -76,6 +80,13 @@ class Method:
 
     def theta_schedule(self, epochs: int) -> Schedule:
         return Schedule(self.schedule, epochs, self.theta_peak)
+
+    def as_relaxed_twin(self) -> Method:
+        """``unconstrained`` for a model without ``build_unconstrained``: its relaxed twin trained with theta fixed
+        at 1, no penalty, and evaluated as trained (no projection)."""
+        return replace(
+            self, schedule="constant", theta_peak=1.0, project=False, lambda_lie=0.0, lambda_norm=0.0
+        )
 
     def eval_theta(self, last_train_theta: float) -> float:
         """theta for evaluation: 0 when projecting, else the theta the model last trained with."""
@@ -108,3 +119,21 @@ def get_method(name: str, overrides: Mapping[str, Any] | None = None) -> Method:
     if unknown:
         raise MethodError(f"method {name!r}: unknown field(s) {unknown}; choices: {sorted(allowed)}")
     return replace(METHODS[name], **overrides)
+
+
+def regulariser(model: nn.Module, method: Method, theta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The method's penalty for the last forward pass: ``lambda_lie * lie + lambda_norm * norm`` (times theta
+    for the ``penalty_times_theta`` variant) plus ``free_l2 * ||free params||^2``, plus the architecture's own weight
+    prior under every method (:mod:`relaxbench.relax.prior`, e.g. RSteer's smoothness); also the raw terms for
+    logging (``prior`` weighted, as it enters the loss)."""
+    pen = relaxation_penalty(model, lie=method.lambda_lie > 0, norm=method.lambda_norm > 0, eps=method.eps)
+    reg = method.lambda_lie * pen["lie"] + method.lambda_norm * pen["norm"]
+    if method.penalty_times_theta:
+        reg = reg * theta
+    if method.free_l2 > 0:
+        reg = reg + method.free_l2 * sum(p.pow(2).sum() for p in free_parameters(model))
+    prior = prior_penalty(model)
+    if prior is not None:
+        reg = reg + prior
+    terms = {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
+    return reg, {**terms, "prior": 0.0 if prior is None else prior.item()}

@@ -13,10 +13,13 @@ import errno
 import io
 import json
 import os
+import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,8 @@ __all__ = [
     "atomic_write_text",
     "current_umask",
     "follow_umask",
+    "git_commit",
+    "package_versions",
     "read_record",
 ]
 
@@ -265,3 +270,25 @@ def read_record(path: str | Path) -> RunRecord:
         return RunRecord(**data)
     except ValueError as err:
         raise LeaderboardError(f"{path}: unreadable run record ({err})") from None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages a record depends on (provenance)."""
+    out = {"python": platform.python_version()}
+    for pkg in ("relaxbench", "torch", "e3nn", "escnn", "numpy", "scipy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    """The relaxbench checkout's commit (provenance), or ``None`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

@@ -13,16 +13,12 @@ import io
 import logging
 import math
 import os
-import platform
 import random
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +30,11 @@ from tqdm.auto import tqdm
 
 from relaxbench import registry
 from relaxbench.config import run_hash
-from relaxbench.methods import Method, get_method
-from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
+from relaxbench.methods import Method, get_method, regulariser
+from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text, git_commit, package_versions
 from relaxbench.relax import (
     FreeShareMeter,
     free_parameters,
-    prior_penalty,
-    relaxation_penalty,
     relaxed_layers,
     set_theta,
 )
@@ -87,10 +81,7 @@ def build_model(resolved: Mapping[str, Any], task: Task, method: Method) -> tupl
         if method.variant == "unconstrained" and entry.build_unconstrained is not None:
             return entry.build_unconstrained(task.spec, **params), method
         if method.variant == "unconstrained":
-            fixed = replace(
-                method, schedule="constant", theta_peak=1.0, project=False, lambda_lie=0.0, lambda_norm=0.0
-            )
-            return entry.build(task.spec, relaxed=True, **params), fixed
+            return entry.build(task.spec, relaxed=True, **params), method.as_relaxed_twin()
         return entry.build(task.spec, relaxed=method.relaxed, **params), method
     except TypeError as err:
         raise registry.RegistryError(f"model {resolved['model']!r} ({resolved['arch']}): {err}") from err
@@ -144,26 +135,6 @@ def exported_for_eval(model: nn.Module) -> nn.Module:
     return export() if callable(export) else model
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("relaxbench", "torch", "e3nn", "escnn", "numpy", "scipy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -174,24 +145,6 @@ def _save_torch(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def regulariser(model: nn.Module, method: Method, theta: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The method's penalty for the last forward pass: ``lambda_lie * lie + lambda_norm * norm`` (times theta
-    for the ``lie_times_theta`` variant) plus ``free_l2 * ||free params||^2``, plus the architecture's own weight
-    prior under every method (:mod:`relaxbench.relax.prior`, e.g. RSteer's smoothness); also the raw terms for
-    logging (``prior`` weighted, as it enters the loss)."""
-    pen = relaxation_penalty(model, lie=method.lambda_lie > 0, norm=method.lambda_norm > 0, eps=method.eps)
-    reg = method.lambda_lie * pen["lie"] + method.lambda_norm * pen["norm"]
-    if method.lie_times_theta:
-        reg = reg * theta
-    if method.free_l2 > 0:
-        reg = reg + method.free_l2 * sum(p.pow(2).sum() for p in free_parameters(model))
-    prior = prior_penalty(model)
-    if prior is not None:
-        reg = reg + prior
-    terms = {"lie": pen["lie"].item(), "norm": pen["norm"].item()}
-    return reg, {**terms, "prior": 0.0 if prior is None else prior.item()}
 
 
 #: At most this many equivariance evaluations of the unprojected model per run (:meth:`Trainer.fit`).
@@ -403,8 +356,8 @@ def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRec
         metric=task.primary.name,
         metric_unit=task.primary.unit,
         lower_is_better=task.primary.lower_is_better,
-        versions=_versions(),
-        git_commit=_git_commit(),
+        versions=package_versions(),
+        git_commit=git_commit(),
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         run_config=dict(resolved),
         threads=torch.get_num_threads(),

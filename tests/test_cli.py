@@ -79,6 +79,12 @@ def test_runs_outside_the_grid_are_rejected(tmp_path, tiny_config, capsys, extra
     assert not (tmp_path / "r").exists()
 
 
+def test_list_takes_no_results_folder():
+    with pytest.raises(SystemExit) as exit_:
+        main(["list", "--results", "elsewhere"])
+    assert exit_.value.code == 2
+
+
 def test_a_model_on_a_task_it_does_not_support_exits_2_before_any_job(tmp_path, tiny_config, capsys):
     tiny_config["models"]["egnn"] = {"tasks": ["tetris"]}
     cfg = write(tmp_path, tiny_config)

@@ -49,13 +49,13 @@ def test_per_model_method_params_override_the_top_level_method(tiny_config):
     tiny_config["models"]["other"] = {
         "arch": "tfn",
         "tasks": ["tetris"],
-        "method_params": {"relaxed": {"lambda_lie": 0.0005, "lie_times_theta": True}},
+        "method_params": {"relaxed": {"lambda_lie": 0.0005, "penalty_times_theta": True}},
     }
     cfg = validate_config(tiny_config)
     other = resolve_run(cfg, RunSpec("tetris", "other", "relaxed", 0))["method_params"]
     tfn = resolve_run(cfg, RunSpec("tetris", "tfn", "relaxed", 0))["method_params"]
-    assert (other["lambda_lie"], other["lie_times_theta"], other["lambda_norm"]) == (0.0005, True, 0.01)
-    assert (tfn["lambda_lie"], tfn["lie_times_theta"]) == (0.01, False)
+    assert (other["lambda_lie"], other["penalty_times_theta"], other["lambda_norm"]) == (0.0005, True, 0.01)
+    assert (tfn["lambda_lie"], tfn["penalty_times_theta"]) == (0.01, False)
 
 
 BAD = [

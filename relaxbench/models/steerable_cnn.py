@@ -246,8 +246,7 @@ def build(
     about ``channels=[24, 48, 48, 96, 96, 64], kernel_size=5, pool_after=[1, 3]``. ``generators``,
     ``free_init_std`` and ``penalty_examples`` configure the relaxed convolutions
     (:class:`~relaxbench.families.fields.RelaxedR2Conv`). By default the penalty is evaluated on 4 examples of
-    each batch (an unbiased estimate; 1.26-1.27x a plain step at batch 32 instead of 2.3x for the whole batch, with
-    penalty curves within 10% of the full-batch ones in training: docs/PERFORMANCE.md);
+    each batch (an unbiased estimate at a fraction of the cost; measurements in docs/PERFORMANCE.md);
     ``penalty_examples=None`` uses the whole batch.
     """
     return SteerableCNN(

@@ -171,8 +171,6 @@ class NBody(Task):
         return {
             "kind": self.kind,
             "n_particles": sim.N_PARTICLES,
-            "inputs": ["loc", "vel", "charges"],
-            "output": "positions",
         }
 
     # --- learning ---------------------------------------------------------------------------------

@@ -15,13 +15,12 @@ from escnn import gspaces
 from escnn import nn as enn
 
 from relaxbench.families.fields import RelaxedR2Conv
-from relaxbench.methods import get_method
+from relaxbench.methods import get_method, regulariser
 from relaxbench.models import _plume, conv, equiv, lift, rsteer
 from relaxbench.models._rsteer import RSteerConv
 from relaxbench.models._scale import RelaxedScaleLift, ScaleConv, downscale, scale_pairs
 from relaxbench.relax import prior_penalty, relaxation_penalty, relaxed_layers, set_theta
 from relaxbench.symmetry import GroupElement, equivariance_error
-from relaxbench.train import regulariser
 
 SPEC = {"kind": "plume", "symmetry": "rotation", "in_frames": 2, "size": 8}
 SMALL = {"hidden": 2, "layers": 3}

@@ -9,12 +9,11 @@ from torch import nn
 
 from relaxbench.families import fields, irreps, vector_neurons
 from relaxbench.families.so3 import irreps_generators
-from relaxbench.methods import get_method
+from relaxbench.methods import get_method, regulariser
 from relaxbench.models import tfn
 from relaxbench.relax import FreeShareMeter, RelaxedLayer, make_lie_action, relaxed_layers, set_theta
 from relaxbench.relax.dense import DenseRelaxedLinear
 from relaxbench.relax.free_mlp import RelaxedFreeMLP
-from relaxbench.train import regulariser
 
 F64 = torch.float64
 THETA = 0.4

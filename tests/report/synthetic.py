@@ -114,7 +114,7 @@ def write_run(
                 "theta_peak": 1.0,
                 "lambda_lie": 0.01 if relaxed else 0.0,
                 "lambda_norm": 0.01 if relaxed else 0.0,
-                "lie_times_theta": False,
+                "penalty_times_theta": False,
                 "free_l2": 0.0,
                 "project": True,
                 "eps": 1e-8,
