@@ -262,7 +262,8 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         super().__init__(conv, free, make_finite_action(act(rho_in), act(rho_out)))
         self.elements = elements
         self.in_type, self.out_type = conv.in_type, conv.out_type
-        self._fused_equivariant: tuple[Tensor, Tensor | None] | None = None  # R2Conv kernel, bias (training)
+        self._output_head: Tensor | None = None  # f(x) of the recorded examples, last training forward
+        self._free_head: Tensor | None = None  # W x of the recorded examples, if the norm penalty computed it
         if penalty_examples is not None and penalty_examples < 1:
             raise ValueError(f"penalty_examples must be None or >= 1, got {penalty_examples}")
         self.penalty_examples = penalty_examples
@@ -297,27 +298,28 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             return conv(x)
         self._record(x.tensor[: self.penalty_examples])
         weight, bias = conv.expand_parameters() if self.training else (conv.filter, conv.expanded_bias)
-        if self.training and self.record_input:
-            self._fused_equivariant = (weight.detach(), None if bias is None else bias.detach())
         weight = weight + self.theta * self.free.weight
         out = F.conv2d(x.tensor, weight, bias, conv.stride, conv.padding, conv.dilation)
+        if self.training and self.record_input:
+            self._output_head = out[: self.penalty_examples].detach()
         return enn.GeometricTensor(out, self.out_type)
 
     def _record(self, x: Tensor) -> None:
         super()._record(x)
-        self._fused_equivariant = None
+        self._output_head = self._free_head = None
 
     @torch.no_grad()
     def activity_norms(self) -> tuple[Tensor, Tensor] | None:
         """``(||R2Conv x||, ||W x||)`` on the penalty's examples of the last training batch (the first
-        ``penalty_examples``): one convolution of them with the R2Conv's expanded kernel and the free kernel."""
-        if self._fused_equivariant is None or self._last_input is None:
+        ``penalty_examples``): ``W x`` as the norm penalty computed it (else one convolution of those examples
+        with the free kernel), ``R2Conv x = f(x) - theta W x`` from the forward's output."""
+        if self._output_head is None or self._last_input is None:
             return super().activity_norms()
-        (kernel, bias), free, x = self._fused_equivariant, self.free, self._last_input
-        out = F.conv2d(x, torch.cat([kernel, free.weight]), None, free.stride, free.padding, free.dilation)
-        eq, w_x = out.split(kernel.shape[0], dim=1)
-        if bias is not None:
-            eq = eq + bias[:, None, None]
+        w_x = self._free_head
+        if w_x is None:
+            free = self.free
+            w_x = F.conv2d(self._last_input, free.weight, None, free.stride, free.padding, free.dilation)
+        eq = self._output_head - self.theta * w_x
         return torch.linalg.vector_norm(eq), torch.linalg.vector_norm(w_x)
 
     def lie_kernels(self) -> Tensor:
@@ -357,6 +359,8 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             return zero, zero
         conv = self.free
         out = F.conv2d(x, torch.cat(kernels), None, conv.stride, conv.padding, conv.dilation)
+        if norm:  # W x of the recorded examples, for activity_norms
+            self._free_head = out[:, -weight.shape[0] :].detach()
         per_kernel = out.pow(2).sum((0, 2, 3)).view(-1, weight.shape[0]).sum(1) / x.shape[0]
         ld = per_kernel[: len(self.kernel_ops)].sum() if lie else zero
         return ld, per_kernel[-1] if norm else zero

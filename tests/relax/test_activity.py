@@ -11,7 +11,14 @@ from relaxbench.families import fields, irreps, vector_neurons
 from relaxbench.families.so3 import irreps_generators
 from relaxbench.methods import get_method, regulariser
 from relaxbench.models import tfn
-from relaxbench.relax import FreeShareMeter, RelaxedLayer, make_lie_action, relaxed_layers, set_theta
+from relaxbench.relax import (
+    FreeShareMeter,
+    RelaxedLayer,
+    make_lie_action,
+    relaxation_penalty,
+    relaxed_layers,
+    set_theta,
+)
 from relaxbench.relax.dense import DenseRelaxedLinear
 from relaxbench.relax.free_mlp import RelaxedFreeMLP
 
@@ -107,6 +114,9 @@ def test_steerable_conv_share_is_measured_on_the_penalty_examples():
     layer(x)
     head = enn.GeometricTensor(x.tensor[:2], in_type)
     expected = direct_share(layer.equivariant(head).tensor, layer.free(head.tensor))
+    assert float(layer.free_share()) == pytest.approx(expected, rel=1e-5)
+    relaxation_penalty(layer)  # the norm term computes W x of the same examples: the share reuses it
+    assert layer._free_head is not None
     assert float(layer.free_share()) == pytest.approx(expected, rel=1e-5)
 
 
