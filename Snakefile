@@ -27,6 +27,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 CFG = checked_config(CONFIG_FILE)
 NAME = CFG["name"]
 RUNS = expand_runs(CFG)
+RUN_BY_FOLDER = {(run.task, run.folder, run.method, run.seed): run for run in RUNS}
 
 
 report: "workflow/report/workflow.rst"
@@ -35,7 +36,7 @@ report: "workflow/report/workflow.rst"
 wildcard_constraints:
     name=re.escape(NAME),
     task=one_of(sorted({run.task for run in RUNS})),
-    model=one_of(sorted({run.model for run in RUNS})),
+    model=one_of(sorted({run.folder for run in RUNS})),
     method=one_of(sorted({run.method for run in RUNS})),
     seed=r"\d+",
     key=r"[0-9a-f]{16}",

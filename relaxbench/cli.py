@@ -15,7 +15,6 @@ from pathlib import Path
 from relaxbench import __version__, layout, registry
 from relaxbench.config import (
     ConfigError,
-    RunSpec,
     data_key,
     expand_runs,
     grid_hashes,
@@ -43,9 +42,20 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def data_dir_for(cfg: dict, task: str, results: str | Path) -> Path:
-    """A task's cached data for this config's parameters (:func:`relaxbench.layout.data_dir`)."""
-    return layout.data_dir(layout.results_dir(cfg["name"], results), task, data_key(cfg, task))
+def data_dir_for(cfg: dict, task: str, results: str | Path, key: str | None = None) -> Path:
+    """A task's cached data (:func:`relaxbench.layout.data_dir`), for the config's parameters by default or
+    for the swept parameter set of data key ``key``."""
+    return layout.data_dir(layout.results_dir(cfg["name"], results), task, key or data_key(cfg, task))
+
+
+def task_parameter_sets(cfg: dict, task: str) -> dict[str, dict]:
+    """Every parameter set of ``task`` the config's runs use (swept cells may use several), by data key."""
+    sets = {data_key(cfg, task): dict(cfg["tasks"].get(task, {}))}
+    for run in expand_runs(cfg):
+        if run.task == task and run.axes:
+            resolved = resolve_run(cfg, run)
+            sets[resolved["data_key"]] = resolved["task_params"]
+    return sets
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -55,8 +65,12 @@ def cmd_data(args: argparse.Namespace) -> int:
             f"task {args.task!r} is not used by {args.config}; choices: "
             f"{sorted({r.task for r in expand_runs(cfg)})}"
         )
-    out = Path(args.out) if args.out else data_dir_for(cfg, args.task, args.results)
-    task = registry.get_task_class(args.task)(cfg["tasks"].get(args.task), out)
+    sets = task_parameter_sets(cfg, args.task)
+    key = args.key or data_key(cfg, args.task)
+    if key not in sets:
+        raise ConfigError(f"--key {key!r}: no run of {args.task!r} uses it; choices: {sorted(sets)}")
+    out = Path(args.out) if args.out else data_dir_for(cfg, args.task, args.results, key)
+    task = registry.get_task_class(args.task)(sets[key], out)
     if task.prepared() and not args.force:
         print(f"{out}: cached")
         return 0
@@ -67,17 +81,22 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    run = RunSpec(args.task, args.model, args.method, args.seed)
-    if run not in expand_runs(cfg):
-        grid = expand_runs(cfg)
+    grid = expand_runs(cfg)
+    wanted = (args.task, args.model, args.method, args.seed)
+    run = next((r for r in grid if (r.task, r.folder, r.method, r.seed) == wanted), None)
+    if run is None:
         raise ConfigError(
             f"run {args.task}/{args.model}/{args.method}/seed{args.seed} is not in {args.config}; "
-            f"tasks {sorted({r.task for r in grid})}, models {sorted({r.model for r in grid})}, "
+            f"tasks {sorted({r.task for r in grid})}, models {sorted({r.folder for r in grid})}, "
             f"methods {sorted({r.method for r in grid})}, seeds {sorted({r.seed for r in grid})}"
         )
     resolved = resolve_run(cfg, run)
     run_dir = Path(args.out) if args.out else run.path(cfg["name"], args.results)
-    data_dir = Path(args.data_dir) if args.data_dir else data_dir_for(cfg, args.task, args.results)
+    data_dir = (
+        Path(args.data_dir)
+        if args.data_dir
+        else data_dir_for(cfg, args.task, args.results, resolved["data_key"])
+    )
     limit_threads(args.threads or cfg["threads"])
     from relaxbench.train import train_run
 
@@ -119,7 +138,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.config:
         cfg = load_config(args.config)
         for run in expand_runs(cfg):
-            print(f"{run.task}\t{run.model}\t{run.method}\tseed{run.seed}")
+            print(f"{run.task}\t{run.folder}\t{run.method}\tseed{run.seed}")
         return 0
     print("tasks:   " + " ".join(registry.task_names()))
     print("models:  " + " ".join(registry.model_names()))
@@ -157,16 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--out", help="data folder (default: results/<config>/data/<task>/<key>)")
+    p.add_argument(
+        "--key",
+        help="data key of a swept task parameter set (default: the config's 'tasks' entry; "
+        "results/<config>/data/<task>/<key>)",
+    )
     p.add_argument("--force", action="store_true", help="regenerate even if cached")
 
     p = add("train", cmd_train, "train one run (task x model x method x seed) and write its record")
     p.add_argument("--config", required=True)
     p.add_argument("--task", required=True)
-    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model entry, or a swept cell's run folder '<model>+<axis>=<value>+...' (relaxbench list --config)",
+    )
     p.add_argument("--method", required=True)
     p.add_argument("--seed", required=True, type=_non_negative)
     p.add_argument(
-        "--out", help="run folder (default: results/<config>/runs/<task>/<model>/<method>/seed<k>)"
+        "--out", help="run folder (default: results/<config>/runs/<task>/<model folder>/<method>/seed<k>)"
     )
     p.add_argument("--data-dir", help="the task's data folder (default: the config's cache)")
     p.add_argument(

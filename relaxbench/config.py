@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from relaxbench import layout, registry
+from relaxbench import layout, registry, sweeps
 from relaxbench.errors import UserError, one_line
 from relaxbench.methods import MethodError, get_method
 
@@ -34,6 +34,7 @@ __all__ = [
     "grid_hashes",
     "load_config",
     "read_yaml",
+    "model_cells",
     "resolve_run",
     "run_hash",
     "validate_config",
@@ -224,6 +225,7 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
                 get_method(method, {**cfg["methods"][method], **params})
             except MethodError as err:
                 raise ConfigError(f"{where}.method_params.{method}: {err}") from None
+        _check_sweeps(cfg, key, source)
     return cfg
 
 
@@ -270,6 +272,46 @@ def _check_task_kinds(model: Mapping[str, Any], key: str, where: str, known_task
             )
 
 
+def _model_training(cfg: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
+    """A model entry's training settings: the schema's defaults, the config's, the entry's own."""
+    return {**schema()["properties"]["training"]["default"], **cfg["training"], **model.get("training", {})}
+
+
+def _task_defaults(tasks: list[str]) -> dict[str, dict[str, Any]]:
+    return {task: registry.get_task_class(task).defaults for task in tasks}
+
+
+def _check_sweeps(cfg: Mapping[str, Any], key: str, source: str) -> None:
+    """A model entry's sweep axes and values (:func:`relaxbench.sweeps.check_axes`; every value of a
+    ``training.*`` axis also against the schema), and its cells' folder names."""
+    model, where = cfg["models"][key], f"{source}: at 'models.{key}.sweeps'"
+    training_schema = schema()["definitions"]["training"]
+    try:
+        sweeps.check_axes(
+            model,
+            _model_training(cfg, model),
+            list(training_schema["properties"]),
+            _task_defaults(model["tasks"]),
+            cfg["tasks"],
+        )
+    except sweeps.SweepError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    validator = jsonschema.Draft202012Validator(training_schema)
+    for sweep in model.get("sweeps", []):
+        for name, values in sweep.items():
+            head, _, key = name.partition(".")
+            for value in values if head == "training" else []:
+                error = next(iter(validator.iter_errors({key: value})), None)
+                if error is not None:
+                    raise ConfigError(f"{where}: axis {name!r}: value {value!r}: {error.message}")
+    for task in model["tasks"] if model.get("sweeps") else []:
+        for cell in model_cells(cfg, key, task):
+            try:
+                layout.path_component(sweeps.folder(key, cell.label), f"models.{key}.sweeps")
+            except layout.PathComponentError as err:
+                raise ConfigError(f"{source}: {err}") from None
+
+
 def check_model_params(cfg: Mapping[str, Any], source: str = "config") -> None:
     """Raise :class:`ConfigError` for a ``models.<name>.params`` key that the model's ``build`` does not take.
 
@@ -284,6 +326,13 @@ def check_model_params(cfg: Mapping[str, Any], source: str = "config") -> None:
             raise ConfigError(
                 f"{source}: at 'models.{key}.params': unknown parameter(s) {unknown}; "
                 f"choices: {sorted(build.names)}"
+            )
+        axes = {name for sweep in model.get("sweeps", []) for name in sweep if name.startswith("params.")}
+        unknown = sorted(name for name in axes if name.partition(".")[2] not in build.names)
+        if unknown and not build.any_keyword:
+            raise ConfigError(
+                f"{source}: at 'models.{key}.sweeps': unknown axis {unknown[0]!r}: {model['arch']!r} takes no "
+                f"parameter {unknown[0].partition('.')[2]!r}; choices: {sorted(build.names)}"
             )
 
 
@@ -300,26 +349,51 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True, order=True)
 class RunSpec:
-    """One cell of the grid."""
+    """One run of the grid: task x model x method x seed, and for a swept model entry its cell.
+
+    ``axes``: the cell's value of every sweep axis of the entry that applies to the task (empty for an
+    entry without sweeps); ``sweep``: the cell's label, the axes off the entry's base values
+    (:mod:`relaxbench.sweeps`; empty for the base point).
+    """
 
     task: str
     model: str
     method: str
     seed: int
+    axes: tuple[tuple[str, Any], ...] = ()
+    sweep: str = ""
+
+    @property
+    def folder(self) -> str:
+        """The model's run folder: the entry's key, ``<key>+<label>`` for a cell off the base."""
+        return sweeps.folder(self.model, self.sweep)
 
     def path(self, config_name: str, results: str | Path = layout.RESULTS) -> Path:
-        """``results/<config>/runs/<task>/<model>/<method>/seed<k>`` (:mod:`relaxbench.layout`)."""
+        """``results/<config>/runs/<task>/<folder>/<method>/seed<k>`` (:mod:`relaxbench.layout`)."""
         return layout.run_dir(layout.results_dir(config_name, results), self)
 
 
+def model_cells(cfg: Mapping[str, Any], key: str, task: str) -> list[sweeps.Cell]:
+    """The cells of model entry ``key`` on ``task`` (one empty cell for an entry without sweeps)."""
+    model = cfg["models"][key]
+    return sweeps.cells(
+        model, task, _model_training(cfg, model), _task_defaults(model["tasks"]), cfg["tasks"]
+    )
+
+
 def expand_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:
-    """Every (task, model, method, seed) of a validated config, sorted."""
+    """Every (task, model, cell, method, seed) of a validated config, sorted."""
     runs = []
     for key, model in cfg["models"].items():
         methods = model.get("methods") or list(cfg["methods"])
         for task in model["tasks"]:
-            runs += [RunSpec(task, key, m, s) for m in methods for s in cfg["seeds"]]
-    return sorted(runs)
+            runs += [
+                RunSpec(task, key, m, s, cell.axes, cell.label)
+                for cell in model_cells(cfg, key, task)
+                for m in methods
+                for s in cfg["seeds"]
+            ]
+    return sorted(runs, key=lambda r: (r.task, r.model, r.sweep, r.method, r.seed))
 
 
 def _digest(obj: Any) -> str:
@@ -330,33 +404,37 @@ def task_params(cfg: Mapping[str, Any], task: str) -> dict[str, Any]:
     return dict(cfg["tasks"].get(task, {}))
 
 
-def data_key(cfg: Mapping[str, Any], task: str) -> str:
-    """Cache key of a task's data: hash of its parameters and generator version."""
+def data_key(cfg: Mapping[str, Any], task: str, params: Mapping[str, Any] | None = None) -> str:
+    """Cache key of a task's data: hash of its parameters (the config's, or ``params`` for a swept cell) and
+    generator version."""
     cls = registry.get_task_class(task)
-    return _digest({"task": task, "params": task_params(cfg, task), "generator": cls.generator_version})
+    params = task_params(cfg, task) if params is None else dict(params)
+    return _digest({"task": task, "params": params, "generator": cls.generator_version})
 
 
 def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
     """Every setting one run depends on (the input of ``relaxbench train`` and of the config hash)."""
     model = cfg["models"][run.model]
-    training = {
-        **schema()["properties"]["training"]["default"],
-        **cfg["training"],
-        **model.get("training", {}),
-    }
+    task, params, training = sweeps.apply_axes(
+        run.axes,
+        task_params(cfg, run.task),
+        registry.get_task_class(run.task).defaults,
+        model.get("params", {}),
+        _model_training(cfg, model),
+    )
     method = get_method(
         run.method,
         {**cfg["methods"].get(run.method, {}), **model.get("method_params", {}).get(run.method, {})},
     )
-    return {
+    resolved = {
         "config_name": cfg["name"],
         "task": run.task,
-        "task_params": task_params(cfg, run.task),
-        "data_key": data_key(cfg, run.task),
+        "task_params": task,
+        "data_key": data_key(cfg, run.task, task),
         "model": run.model,
         "arch": model["arch"],
         "family": model.get("family"),
-        "model_params": dict(model.get("params", {})),
+        "model_params": params,
         "method": run.method,
         "method_params": {k: v for k, v in method.__dict__.items() if k != "name"},
         "training": training,
@@ -364,16 +442,25 @@ def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
         "device": cfg["device"],
         "metric_version": METRIC_VERSION,
     }
+    if run.axes:  # a swept cell: its axes and label, for the records (not for the hash: see run_hash)
+        resolved["axes"] = {name: list(v) if isinstance(v, tuple) else v for name, v in run.axes}
+        resolved["sweep"] = run.sweep
+    return resolved
 
 
-EXECUTION_ONLY = ("resume", "checkpoint_every")
+EXECUTION_ONLY = sweeps.EXECUTION_ONLY
+#: Resolved keys that only name a cell (its settings are in the rest): adding a sweep to an entry reruns
+#: none of its existing runs.
+CELL_NAMES = ("axes", "sweep")
 
 
 def run_hash(resolved: Mapping[str, Any]) -> str:
     """Hash of what a run's results depend on: its resolved settings without the seed (runs that differ only by
-    seed share it) and without execution details that do not change results (checkpointing, resuming)."""
+    seed share it), without execution details that do not change results (checkpointing, resuming) and
+    without a swept cell's names (:data:`CELL_NAMES`; the settings they stand for are hashed)."""
     training = {k: v for k, v in resolved["training"].items() if k not in EXECUTION_ONLY}
-    return _digest({**{k: v for k, v in resolved.items() if k != "seed"}, "training": training})
+    settings = {k: v for k, v in resolved.items() if k != "seed" and k not in CELL_NAMES}
+    return _digest({**settings, "training": training})
 
 
 def grid_hashes(cfg: Mapping[str, Any]) -> dict[RunSpec, str]:

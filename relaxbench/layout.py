@@ -72,7 +72,8 @@ class PathComponentError(UserError):
 
 
 class RunKey(Protocol):
-    """What locates a run: a :class:`relaxbench.config.RunSpec` or anything with the same four fields."""
+    """What locates a run: a :class:`relaxbench.config.RunSpec` or anything with the same four fields (and,
+    for a swept cell, ``folder``: the model's run folder ``<model>+<label>``, used instead of ``model``)."""
 
     task: str
     model: str
@@ -114,7 +115,7 @@ def run_dir(results: str | Path, run: RunKey) -> Path:
     """``<results>/runs/<task>/<model>/<method>/seed<k>`` below a config's results folder ``results``."""
     return Path(results) / RUN.format(
         task=path_component(run.task, "task"),
-        model=path_component(run.model, "model"),
+        model=path_component(getattr(run, "folder", run.model), "model"),
         method=path_component(run.method, "method"),
         seed=path_component(int(run.seed), "seed"),
     )

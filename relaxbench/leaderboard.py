@@ -1,7 +1,7 @@
 """Run records -> one tidy table (one row per run) -> aggregates with paired statistics.
 
 ``collect`` reads every ``runs/<task>/<model>/<method>/seed<k>/record.json`` below a config's results folder
-into one row each and matches them with the config's grid; runs that are not ``ok`` stay in the table with
+(``<model>``: the run folder, ``<model>+<label>`` for a swept cell) into one row each and matches them with the config's grid; runs that are not ``ok`` stay in the table with
 their status and reason: ``diverged`` and ``failed`` (from the record), ``missing`` (a run of the grid without
 a record) and ``stale`` (a record the grid does not describe: a run it no longer lists, or one that ran with
 other settings than the config's, by ``config_hash``).
@@ -12,10 +12,10 @@ and ``missing`` runs are counted, never used in a statistic; ``stale`` runs are 
 * per quantity (:data:`QUANTITIES`): ``n``, mean, sample standard deviation (ddof 1) and the 95 % t-based
   confidence interval of the mean (``scipy.stats.ttest_1samp(...).confidence_interval``);
 * for the primary test metric and the generalization gap: the difference from the ``equivariant`` method of
-  the same task x model, paired by seed (``method - equivariant``), its 95 % CI, the paired t-test p-value
-  (``scipy.stats.ttest_rel``), the Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, only from
-  :data:`WILCOXON_MIN_PAIRS` pairs on: below that its smallest two-sided p-value exceeds 0.05) and the effect
-  size Cohen's ``d_z = mean(d) / sd(d) = t / sqrt(n)``;
+  the same task x model x sweep cell, paired by seed (``method - equivariant``), its 95 % CI, the paired
+  t-test p-value (``scipy.stats.ttest_rel``), the Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``,
+  only from :data:`WILCOXON_MIN_PAIRS` pairs on: below that its smallest two-sided p-value exceeds 0.05) and
+  the effect size Cohen's ``d_z = mean(d) / sd(d) = t / sqrt(n)``;
 * for the primary test metric also its power (:mod:`relaxbench.verdicts`): the minimum detectable effect of
   the paired test (``_mde``, the metric's unit), the stated effect it should see (``_effect``: the config's
   ``statistics.effect`` times the baseline's mean), the seeds that would see it (``_seeds_needed``), whether
@@ -83,7 +83,9 @@ CONFIDENCE = 0.95
 WILCOXON_MIN_PAIRS = 6
 #: A run whose free branches never made this share of their layer's equivariant output is *relaxation inactive*.
 INACTIVE_SHARE = 0.01
-GROUP = ["task", "model", "method"]
+#: One entry of the aggregates: a method on a task x model cell (``sweep``: a swept cell's label, "" else).
+CELL = ["task", "model", "sweep"]
+GROUP = [*CELL, "method"]
 
 #: Per-run quantities summarised by :func:`aggregate` (columns of the leaderboard).
 QUANTITIES = (
@@ -108,6 +110,7 @@ PAIRED_QUANTITIES = ("test_metric", "gen_gap")
 LEAD_COLUMNS = [
     "task",
     "model",
+    "sweep",
     "arch",
     "family",
     "method",
@@ -183,6 +186,8 @@ def _row(record_path: Path, results_dir: Path) -> dict:
     )
     row.update({f"version_{pkg}": version for pkg, version in sorted(record.versions.items())})
     row["metric_version"] = data["run_config"].get("metric_version", 1)  # records before it was kept: 1
+    row["sweep"] = data["run_config"].get("sweep", "")
+    row.update(data["run_config"].get("axes", {}))  # a swept cell's axis values, one column per axis
     row["run_dir"] = record_path.parent.relative_to(results_dir).as_posix()
     return row
 
@@ -191,6 +196,8 @@ def _missing_row(run: RunSpec, results_dir: Path) -> dict:
     return {
         "task": run.task,
         "model": run.model,
+        "sweep": run.sweep,
+        **{name: list(v) if isinstance(v, tuple) else v for name, v in run.axes},
         "method": run.method,
         "seed": run.seed,
         "status": "missing",
@@ -202,10 +209,11 @@ def _missing_row(run: RunSpec, results_dir: Path) -> dict:
 
 def _stale_reason(row: dict, results_dir: Path, expected: Mapping[RunSpec, str | None] | None) -> str | None:
     """Why a record on disk does not belong to the config's grid, or ``None`` when it does."""
-    run = RunSpec(row["task"], row["model"], row["method"], row["seed"])
     if expected is None:
         return None
-    if run not in expected:
+    by_key = {(r.task, r.model, r.sweep, r.method, r.seed): r for r in expected}
+    run = by_key.get((row["task"], row["model"], row["sweep"], row["method"], row["seed"]))
+    if run is None:
         return "the config's grid has no such run (a model, method, task or seed it no longer lists)"
     if row["run_dir"] != layout.run_dir(results_dir, run).relative_to(results_dir).as_posix():
         return f"the record describes {run.task}/{run.model}/{run.method}/seed{run.seed} but lies elsewhere"
@@ -243,11 +251,15 @@ def collect(
         if reason is not None:
             row["status"], row["reason"] = "stale", reason
     if expected is not None:
-        found = {(r["task"], r["model"], r["method"], r["seed"]) for r in rows if r["status"] != "stale"}
+        found = {
+            (r["task"], r["model"], r["sweep"], r["method"], r["seed"])
+            for r in rows
+            if r["status"] != "stale"
+        }
         rows += [
             _missing_row(run, results_dir)
             for run in expected
-            if (run.task, run.model, run.method, run.seed) not in found
+            if (run.task, run.model, run.sweep, run.method, run.seed) not in found
         ]
     if not rows:
         raise LeaderboardError(
@@ -260,10 +272,14 @@ def collect(
         losses | {c for c in board if c.startswith(("train_", "val_", "test_")) and c not in fixed}
     )
     versions = sorted(c for c in board if c.startswith("version_"))
+    axes = axis_columns(board)
     newer = [
-        c for c in board if c not in fixed.union(metrics, versions)
+        c for c in board if c not in fixed.union(metrics, versions, axes)
     ]  # record fields added after this module
-    board = board.reindex(columns=LEAD_COLUMNS + metrics + newer + TAIL_COLUMNS + versions)
+    board = board.reindex(
+        columns=LEAD_COLUMNS[:3] + axes + LEAD_COLUMNS[3:] + metrics + newer + TAIL_COLUMNS + versions
+    )
+    board["sweep"] = board["sweep"].fillna("")
     measured = ~board["status"].isin(["missing", "stale"])
     older = board.loc[measured & (board["metric_version"] != METRIC_VERSION), "run_dir"]
     if len(older):
@@ -273,7 +289,13 @@ def collect(
             "rerun them (Snakemake does, since the version is part of every run's settings)",
             stacklevel=2,
         )
-    return board.sort_values(["task", "model", "method", "seed"], kind="stable").reset_index(drop=True)
+    return board.sort_values([*GROUP, "seed"], kind="stable").reset_index(drop=True)
+
+
+def axis_columns(table: pd.DataFrame) -> list[str]:
+    """The sweep axis columns of a leaderboard or aggregates table (``params.<key>``, ``training.<key>``,
+    ``<task>.<key>``: the only column names with a dot), in table order."""
+    return [c for c in table if "." in c]
 
 
 def extra_test_metrics(board: pd.DataFrame) -> tuple[str, ...]:
@@ -394,9 +416,11 @@ def _power_columns(
 def aggregate(
     board: pd.DataFrame, alpha: float = ALPHA, effect: float = EFFECT, power: float = POWER
 ) -> pd.DataFrame:
-    """One row per task x model x method of a :func:`collect` table: counts, summaries, paired tests, ranks.
+    """One row per task x model x cell x method of a :func:`collect` table: counts, summaries, paired tests,
+    ranks (a cell is a point of a model entry's sweeps, ``sweep`` its label; "" without sweeps).
 
-    Columns: ``task, model, method, family, metric, metric_unit, lower_is_better``; ``n_total, n_ok,
+    Columns: ``task, model, sweep``, the sweep axis columns (:func:`axis_columns`), ``method, family, metric,
+    metric_unit, lower_is_better``; ``n_total, n_ok,
     n_diverged, n_failed, n_missing`` and ``not_ok`` (seed, status and reason of every run left out);
     ``n_relaxation_inactive`` (ok runs) and ``relaxation_inactive`` (all ok runs, at least one);
     ``<q>_n/_mean/_std/_ci_low/_ci_high`` for every ``q`` in :data:`QUANTITIES` and in
@@ -409,6 +433,8 @@ def aggregate(
     ``rank, is_best, tied_with_best, p_vs_best`` within the task (see the module docstring).
     """
     board = board[board["status"] != "stale"]
+    board = board.assign(sweep=board["sweep"].fillna("")) if "sweep" in board else board.assign(sweep="")
+    axes = axis_columns(board)
     ok = board[board["status"] == "ok"]
     meta = (
         board.dropna(subset=["metric"]).groupby("task")[["metric", "metric_unit", "lower_is_better"]].first()
@@ -417,13 +443,15 @@ def aggregate(
     rows, samples = [], {}
     quantities = QUANTITIES + extra_test_metrics(board)
     for key, runs in board.groupby(GROUP, sort=True):
-        task, model, method = key
+        task, model, sweep, method = key
         good = runs[runs["status"] == "ok"]
         samples[key] = good["test_metric"].dropna().to_numpy(dtype=float)
         counts = runs["status"].value_counts()
         row = {
             "task": task,
             "model": model,
+            "sweep": sweep,
+            **{a: runs[a].iloc[0] for a in axes},
             "method": method,
             "family": families.get(model),
             **{c: meta.at[task, c] if task in meta.index else None for c in meta.columns},
@@ -434,7 +462,12 @@ def aggregate(
         }
         for q in quantities:
             row.update(_prefixed(q, summarize(good[q])))
-        base = ok[(ok["task"] == task) & (ok["model"] == model) & (ok["method"] == BASELINE)]
+        base = ok[
+            (ok["task"] == task)
+            & (ok["model"] == model)
+            & (ok["sweep"] == sweep)
+            & (ok["method"] == BASELINE)
+        ]
         for q in PAIRED_QUANTITIES:
             prefix = f"{q}_vs_{BASELINE}"
             if method == BASELINE or base.empty:
@@ -478,12 +511,15 @@ def write_tables(results_dir: str | Path, board: pd.DataFrame, aggregates: pd.Da
 
 
 def read_tables(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read the tables :func:`write_tables` wrote (floats round-trip exactly)."""
+    """Read the tables :func:`write_tables` wrote (floats round-trip exactly; an empty ``sweep`` is "")."""
     results_dir = Path(results_dir)
     tables = []
     for name in (layout.LEADERBOARD_CSV, layout.AGGREGATES_CSV):
         path = results_dir / name
         if not path.is_file():
             raise LeaderboardError(f"{path} does not exist; run `relaxbench collect` first")
-        tables.append(pd.read_csv(path, float_precision="round_trip", keep_default_na=True))
+        table = pd.read_csv(path, float_precision="round_trip", keep_default_na=True)
+        if "sweep" in table:
+            table["sweep"] = table["sweep"].fillna("").astype(str)
+        tables.append(table)
     return tables[0], tables[1]

@@ -34,6 +34,7 @@ __all__ = [
     "method_colors",
     "penalty_curves",
     "spread_figure",
+    "sweep_figure",
 ]
 
 #: Equivariance errors below this (including exact zeros) are drawn on this line of the log axis.
@@ -407,4 +408,68 @@ def activity_figure(history: pd.DataFrame, inactive_below: float, path: Path) ->
             Line2D([], [], color="0.3", ls="--", label="θ (right axis)"),
         ]
         _legend(fig, handles + extra)
+
+
+def sweep_figure(
+    entries: pd.DataFrame, axis: str, facets: Sequence[str], baseline: str, path: Path
+) -> Path | None:
+    """One sweep of one model entry (the paper's Fig. 4 layout): the test metric against the swept ``axis``
+    per method, mean and 95 % CI band (top row), and the paired difference ``method - baseline`` against
+    the axis with its 95 % CI band (bottom row, zero line dashed); one column per combination of the
+    sweep's other axes (``facets``).
+
+    Args:
+        entries: the aggregates rows of the sweep's cells (every method), with the axis columns.
+        axis: the axis on the x axis (its values numbers or labels; a log axis when positive numbers span
+            a factor of 10 or more).
+        facets: the sweep's other axes.
+        baseline: the method the differences are taken from.
+    """
+    entries = entries.dropna(subset=["test_metric_mean"])
+    if entries.empty:
+        return None
+    metric, unit = entries["metric"].iloc[0], entries["metric_unit"].iloc[0]
+    colors = method_colors(entries["method"].unique())
+    methods = sorted(entries["method"].unique(), key=list(colors).index)
+    values = list(dict.fromkeys(entries[axis]))
+    numeric = all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+    position = {v: (float(v) if numeric else i) for i, v in enumerate(sorted(values) if numeric else values)}
+    groups = list(entries.groupby(list(facets), sort=True)) if facets else [((), entries)]
+    prefix = f"test_metric_vs_{baseline}"
+    rows = [
+        ("test_metric", _text(f"test {metric} [{unit}]"), methods),
+        (prefix, _text(f"Δ vs {baseline} [{unit}]"), [m for m in methods if m != baseline]),
+    ]
+    with _style():
+        fig, axes = _figure(len(rows), len(groups))
+        for j, (key, group) in enumerate(groups):
+            key = key if isinstance(key, tuple) else (key,)
+            title = ", ".join(f"{f} = {v}" for f, v in zip(facets, key))
+            for i, (q, label, drawn) in enumerate(rows):
+                ax = axes[i, j]
+                for method in drawn:
+                    cells = group[group["method"] == method].dropna(subset=[f"{q}_mean"])
+                    cells = cells.assign(x=cells[axis].map(position)).sort_values("x")
+                    if cells.empty:
+                        continue
+                    ax.plot(cells["x"], cells[f"{q}_mean"], "o-", color=colors[method], lw=1.8, ms=5)
+                    ax.fill_between(
+                        cells["x"],
+                        cells[f"{q}_ci_low"].to_numpy(dtype=float),
+                        cells[f"{q}_ci_high"].to_numpy(dtype=float),
+                        color=colors[method],
+                        alpha=0.2,
+                        lw=0,
+                    )
+                if q == prefix:
+                    ax.axhline(0.0, color="0.3", ls="--", lw=1)
+                positive = numeric and min(position.values()) > 0
+                if positive and max(position.values()) >= 10 * min(position.values()):
+                    ax.set_xscale("log")
+                ax.set_xticks(list(position.values()), [_text(v) for v in position])
+                ax.xaxis.set_minor_locator(NullLocator())
+                ax.set_title(_text(title) if i == 0 else "")
+                ax.set_xlabel(_text(axis) if i == len(rows) - 1 else "")
+                ax.set_ylabel(label if j == 0 else "")
+        _method_legend(fig, colors, methods)
         return _save(fig, path)

@@ -27,6 +27,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from relaxbench.config import model_cells
 from relaxbench.leaderboard import (
     ALPHA,
     BASELINE,
@@ -198,21 +199,22 @@ def _methods_used(records: Mapping[str, RunRecord]) -> list[dict[str, Any]]:
 
 
 def _summary(agg: pd.DataFrame) -> dict[str, Any]:
-    """The report's first screen: one row per task x model, one column per method other than the baseline,
-    each cell that comparison's verdict, difference and CI and power (``None`` where the model did not run
-    the method); and how many comparisons had the power to see the stated effect."""
+    """The report's first screen: one row per task x model (x swept cell), one column per method other than
+    the baseline, each cell that comparison's verdict, difference and CI and power (``None`` where the model
+    did not run the method); and how many comparisons had the power to see the stated effect."""
     prefix = f"test_metric_vs_{BASELINE}"
     compared = agg[(agg["method"] != BASELINE) & agg[f"{prefix}_verdict"].notna()]
     order = list(METHODS) + sorted(set(compared["method"]) - set(METHODS))
     methods = sorted(compared["method"].unique(), key=order.index)
     rows = []
-    for (task, model), entries in compared.groupby(["task", "model"], sort=True):
+    for (task, model, sweep), entries in compared.groupby(["task", "model", "sweep"], sort=True):
         by_method = {e["method"]: _nan_to_none(e) for e in entries.to_dict("records")}
         first = next(iter(by_method.values()))
         rows.append(
             {
                 "task": task,
                 "model": model,
+                "sweep": sweep,
                 "anchor": f"task-{slug(task)}",
                 "metric": first["metric"],
                 "unit": first["metric_unit"],
@@ -230,41 +232,77 @@ def _summary(agg: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _sweep_figures(
+    agg: pd.DataFrame, config: Mapping[str, Any] | None, task: str, stage: Path
+) -> list[tuple[Path | None, str, str]]:
+    """A figure per sweep of every swept model entry on ``task`` (:func:`figures.sweep_figure`), its cells
+    found from the config (none without one)."""
+    made = []
+    for key, model in (config or {}).get("models", {}).items():
+        if task not in model["tasks"] or not model.get("sweeps"):
+            continue
+        cells = model_cells(config, key, task)
+        for index, sweep in enumerate(model["sweeps"]):
+            names = [n for n in sweep if n.partition(".")[0] in ("params", "training", task)]
+            labels = {cell.label for cell in cells if index in cell.sweeps}
+            entries = agg[(agg["task"] == task) & (agg["model"] == key) & agg["sweep"].isin(labels)]
+            if not names or not set(names) <= set(entries.columns):
+                continue
+            path = stage / f"figures/{slug(task, key, f'sweep{index}')}.png"
+            made.append(
+                (
+                    figures.sweep_figure(entries, names[0], names[1:], BASELINE, path),
+                    f"{key}: test metric against {names[0]}",
+                    f"Sweep {index + 1} of {key} ({', '.join(names)}; other settings at the entry's base). "
+                    f"Top: mean test metric per method with its {CONFIDENCE:.0%} t confidence band; bottom: "
+                    f"the difference method − {BASELINE} paired by seed, with its {CONFIDENCE:.0%} band "
+                    "(below the dashed zero line is lower).",
+                )
+            )
+    return made
+
+
 def _task_sections(
     board: pd.DataFrame,
     agg: pd.DataFrame,
     histories: Mapping[str, pd.DataFrame],
     pages: Mapping[str, str],
     stage: Path,
+    config: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
+    """One section per task. Its learning-curve, penalty, spread and equivariance figures show each model's
+    base cell (a swept entry's other cells have their sweep figures)."""
     sections = []
     for task, runs in board.groupby("task", sort=True):
-        entries = agg[agg["task"] == task].sort_values(["rank", "model", "method"], na_position="last")
+        entries = agg[agg["task"] == task].sort_values(
+            ["rank", "model", "sweep", "method"], na_position="last"
+        )
         meta = _nan_to_none(entries.iloc[0])  # NaN: no run has a record
         name = slug(task)
-        made = [
+        base_runs, base_entries = runs[runs["sweep"] == ""], entries[entries["sweep"] == ""]
+        made = _sweep_figures(agg, config, task, stage) + [
             (
-                figures.learning_curves(runs, histories, stage / f"figures/{name}-learning.png"),
+                figures.learning_curves(base_runs, histories, stage / f"figures/{name}-learning.png"),
                 "Learning curves",
                 "Training task loss (log axis) and validation metric per epoch; thin lines are "
                 "single runs (a cross marks where a run diverged or failed), thick lines the mean over ok runs; "
                 "dashed lines are theta (right axis).",
             ),
             (
-                figures.penalty_curves(runs, histories, stage / f"figures/{name}-penalties.png"),
+                figures.penalty_curves(base_runs, histories, stage / f"figures/{name}-penalties.png"),
                 "Relaxation penalties",
                 "The regulariser's two terms per epoch, before weighting by lambda (log "
                 "axis): the Lie-derivative term and the free branch's activation-norm term, summed over relaxed "
                 "layers.",
             ),
             (
-                figures.spread_figure(runs, entries, stage / f"figures/{name}-spread.png"),
+                figures.spread_figure(base_runs, base_entries, stage / f"figures/{name}-spread.png"),
                 "Test metric and generalization gap",
                 f"One dot per ok seed; black: mean and {CONFIDENCE:.0%} "
                 "t confidence interval. Generalization gap = test loss − train loss of the evaluated model.",
             ),
             (
-                figures.equivariance_figure(runs, stage / f"figures/{name}-equivariance.png"),
+                figures.equivariance_figure(base_runs, stage / f"figures/{name}-equivariance.png"),
                 "Equivariance error",
                 "Relative equivariance error mean_x max_g ||f(gx) − g f(x)|| / s (s: RMS of the output's "
                 "input-dependent part, see Methods) of "
@@ -365,7 +403,8 @@ def build_report(
         for row in board.to_dict("records"):
             if row["run_dir"] not in records:
                 continue
-            name = slug(row["task"], row["model"], row["method"], "seed" + str(row["seed"]))
+            cell = [row["model"], *filter(None, [row["sweep"]])]
+            name = slug(row["task"], *cell, row["method"], "seed" + str(row["seed"]))
             page = f"runs/{name}.html"
             pages[row["run_dir"]] = page
             history = histories[row["run_dir"]]
@@ -384,7 +423,7 @@ def build_report(
                     },
                     root="../",
                     generated=generated,
-                    title=f"{row['task']} / {row['model']} / {row['method']} / seed {row['seed']}",
+                    title=f"{row['task']} / {' @ '.join(cell)} / {row['method']} / seed {row['seed']}",
                 ),
                 encoding="utf-8",
             )
@@ -401,7 +440,7 @@ def build_report(
             summary=_summary(agg),
             effect=(config or {}).get("statistics", {}).get("effect", EFFECT),
             power=(config or {}).get("statistics", {}).get("power", POWER),
-            sections=_task_sections(board, agg, histories, pages, stage),
+            sections=_task_sections(board, agg, histories, pages, stage, config),
             plume=_figure_entries(plume.plume_section(board, agg, records, results_dir, stage), stage),
             provenance=_provenance(board),
             methods=_methods_used(records),

@@ -11,7 +11,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from relaxbench import registry
-from relaxbench.config import SCHEMA_PATH, ConfigError, expand_runs, load_config, validate_config
+from relaxbench.config import (
+    SCHEMA_PATH,
+    ConfigError,
+    expand_runs,
+    load_config,
+    resolve_run,
+    validate_config,
+)
 from relaxbench.methods import METHODS
 from tests.workflow.helpers import REPO, job_counts, load, planned_jobs, snakemake, write_config
 
@@ -158,8 +165,15 @@ def test_dry_run_of_the_paper_config_on_the_slurm_profile(tmp_path):
         "8",
         workdir=tmp_path,
     )
-    runs = expand_runs(load_config(REPO / "configs/paper.yaml"))
-    n_data = len({r.task for r in runs})
+    cfg = load_config(REPO / "configs/paper.yaml")
+    runs = expand_runs(cfg)
+    n_data = len({(r.task, resolve_run(cfg, r)["data_key"]) for r in runs})  # swept n_train: one per value
+    assert n_data == len({r.task for r in runs}) + 3
+    assert {r.folder for r in runs if r.model == "segnn"} == {
+        "segnn",
+        *(f"segnn+params.layers={n}" for n in (2, 6, 8)),
+        *(f"segnn+nbody.n_train={n}" for n in (100, 300, 1000)),
+    }
     assert job_counts(out.stdout) == {"data": n_data, "train": len(runs), "collect": 1, "report": 1, "all": 1}
     blocks = out.stdout.split("rule train:")[1:]
     assert blocks and all("gpu=1" in b.split("Shell command")[0] for b in blocks)

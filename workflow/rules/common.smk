@@ -29,7 +29,6 @@ from relaxbench.config import (
     ConfigError,
     RunSpec,
     check_model_params,
-    data_key,
     expand_runs,
     read_yaml,
     resolve_run,
@@ -85,7 +84,9 @@ def one_of(names):
 
 
 def run_spec(wildcards):
-    return RunSpec(wildcards.task, wildcards.model, wildcards.method, int(wildcards.seed))
+    """The run of the grid a train job's wildcards name (``{model}`` is the run folder: a swept cell's
+    ``<model>+<label>``)."""
+    return RUN_BY_FOLDER[(wildcards.task, wildcards.model, wildcards.method, int(wildcards.seed))]
 
 
 def run_file(run, filename):
@@ -99,9 +100,10 @@ def run_files(filename):
 
 
 def data_done(wildcards):
-    """The DONE.json of the run's task data (``results/<name>/data/<task>/<key>/DONE.json``)."""
-    folder = layout.data_dir(layout.results_dir(NAME), wildcards.task, data_key(CFG, wildcards.task))
-    return str(folder / "DONE.json")
+    """The DONE.json of the run's task data (``results/<name>/data/<task>/<key>/DONE.json``; a swept task
+    parameter has its own key, the data of each distinct parameter set are generated once)."""
+    key = resolve_run(CFG, run_spec(wildcards))["data_key"]
+    return str(layout.data_dir(layout.results_dir(NAME), wildcards.task, key) / "DONE.json")
 
 
 def config_hash(wildcards):

@@ -1,8 +1,9 @@
 """One `relaxbench data` job per task: generate (or convert) its data into the cache.
 
 The folder is keyed by the hash of the task's parameters and generator version (`data_key`), so changing a
-task's parameters writes a new folder and reruns that task's runs, and nothing else. `DONE.json` is written
-last by the task, so a killed job leaves no `DONE.json` and is simply rerun.
+task's parameters writes a new folder and reruns that task's runs, and nothing else; a swept task parameter
+(`sweeps:` of a model entry) has one folder per value, generated once for every run that uses it.
+`DONE.json` is written last by the task, so a killed job leaves no `DONE.json` and is simply rerun.
 """
 
 
@@ -23,5 +24,6 @@ rule data:
         config=config_path,
         folder=lambda wildcards, output: parent(output.done),
     shell:
-        "python -m relaxbench -v data --config {params.config:q} --task {wildcards.task} --out {params.folder:q}"
+        "python -m relaxbench -v data --config {params.config:q} --task {wildcards.task} --key {wildcards.key}"
+        " --out {params.folder:q}"
         " > {log:q} 2>&1"

@@ -1,7 +1,8 @@
 """One `relaxbench train` job per run (task x model x method x seed).
 
-`params.config_hash` is the hash of everything the run depends on except its seed (`run_hash` of
-`resolve_run`): Snakemake's params trigger reruns a run exactly when its own settings change, so editing
+`{model}` is the model's run folder: the entry's key, or `<key>+<axis>=<value>+...` for a swept cell off the
+entry's base values. `params.config_hash` is the hash of everything the run depends on except its seed
+(`run_hash` of `resolve_run`): Snakemake's params trigger reruns a run exactly when its own settings change, so editing
 one model's entry reruns that model's runs and nothing else. `record.json` is written last, atomically; a
 diverged or failed run still writes its record (status `diverged` / `failed`) and exits 0, so it stays
 visible in the leaderboard instead of stopping the workflow. `--resume` continues a killed job from its last
@@ -32,6 +33,6 @@ rule train:
         folder=lambda wildcards, output: parent(output.record),
         data=lambda wildcards, input: parent(input.data),
     shell:
-        "python -m relaxbench -v train --config {params.config:q} --task {wildcards.task} --model {wildcards.model}"
+        "python -m relaxbench -v train --config {params.config:q} --task {wildcards.task} --model {wildcards.model:q}"
         " --method {wildcards.method} --seed {wildcards.seed} --out {params.folder:q}"
         " --data-dir {params.data:q} --threads {threads} --resume --quiet > {log:q} 2>&1"
