@@ -408,6 +408,7 @@ def activity_figure(history: pd.DataFrame, inactive_below: float, path: Path) ->
             Line2D([], [], color="0.3", ls="--", label="θ (right axis)"),
         ]
         _legend(fig, handles + extra)
+        return _save(fig, path)
 
 
 def sweep_figure(

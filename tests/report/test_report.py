@@ -12,6 +12,7 @@ import yaml
 from markupsafe import escape
 
 from relaxbench.cli import main
+from relaxbench.report import figures
 from relaxbench.report.site import fmt_num, fmt_p, slug, sort_key
 from tests.report.browser import CHROMIUM, Chromium
 from tests.report.synthetic import CONFIG_NAME, SCRIPT, collect_standard_runs
@@ -159,6 +160,41 @@ def test_report_opens_with_the_verdict_of_every_comparison(site):
     row = compared[(compared["task"] == "tetris") & (compared["model"] == "tfn")].iloc[0]
     assert row["test_metric_vs_equivariant_verdict"] == "inconclusive"
     assert f"n = 2 cannot see differences below {fmt_num(row['test_metric_vs_equivariant_mde'], 2)}" in answer
+
+
+def test_sweep_figure_draws_one_column_per_value_of_the_crossed_axes(tmp_path):
+    rows = []
+    for layers in (2, 4):
+        for n_train in (100, 300, 1000):
+            for method, value in (("equivariant", 0.10), ("relaxed", 0.09)):
+                mean = value * layers / n_train
+                rows.append(
+                    {
+                        "params.layers": layers,
+                        "nbody.n_train": n_train,
+                        "method": method,
+                        "metric": "mse",
+                        "metric_unit": "length^2",
+                        "test_metric_mean": mean,
+                        "test_metric_ci_low": mean * 0.9,
+                        "test_metric_ci_high": mean * 1.1,
+                        "test_metric_vs_equivariant_mean": None if method == "equivariant" else -mean / 10,
+                        "test_metric_vs_equivariant_ci_low": None if method == "equivariant" else -mean / 5,
+                        "test_metric_vs_equivariant_ci_high": None if method == "equivariant" else 0.0,
+                    }
+                )
+    entries = pd.DataFrame(rows)
+    one = figures.sweep_figure(
+        entries[entries["params.layers"] == 2], "nbody.n_train", [], "equivariant", tmp_path / "a.png"
+    )
+    crossed = figures.sweep_figure(
+        entries, "nbody.n_train", ["params.layers"], "equivariant", tmp_path / "b.png"
+    )
+    width = lambda path: int.from_bytes(path.read_bytes()[16:20], "big")  # noqa: E731 (PNG header)
+    assert width(crossed) > width(one)
+    assert (
+        figures.sweep_figure(entries.iloc[:0], "nbody.n_train", [], "equivariant", tmp_path / "c.png") is None
+    )
 
 
 def test_formatting_helpers():

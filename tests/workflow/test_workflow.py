@@ -195,8 +195,23 @@ def test_profiles_resume_and_keep_going_and_leave_site_settings_to_the_site():
 
 
 def test_every_config_writes_under_its_own_name():
-    names = [load(f"configs/{c}.yaml")["name"] for c in ("default", "smoke", "paper")]
-    assert names == ["default", "smoke", "paper"]
+    names = [load(f"configs/{c}.yaml")["name"] for c in ("default", "smoke", "paper", "evidence")]
+    assert names == ["default", "smoke", "paper", "evidence"]
+
+
+def test_dry_run_of_the_evidence_config(tmp_path):
+    out = snakemake("-n", "--configfile", "configs/evidence.yaml", workdir=tmp_path)
+    cfg = load_config(REPO / "configs/evidence.yaml")
+    runs = expand_runs(cfg)
+    # tetris, shapes and two N-body sets (the swept 100 trajectories beside the config's 300)
+    assert job_counts(out.stdout) == {"data": 4, "train": len(runs), "collect": 1, "report": 1, "all": 1}
+    assert len(runs) == 150 and {r.seed for r in runs} == set(range(10))
+    assert {r.folder for r in runs if r.task == "nbody"} == {
+        "egnn",
+        "egnn@nbody.n_train=100",
+        "segnn",
+        "segnn@params.layers=4",
+    }
 
 
 def test_rule_environment_pins_agree_with_the_lock_file():
