@@ -299,9 +299,9 @@ def _check_sweeps(cfg: Mapping[str, Any], key: str, source: str) -> None:
     validator = jsonschema.Draft202012Validator(training_schema)
     for sweep in model.get("sweeps", []):
         for name, values in sweep.items():
-            head, _, key = name.partition(".")
+            head, _, setting = name.partition(".")
             for value in values if head == "training" else []:
-                error = next(iter(validator.iter_errors({key: value})), None)
+                error = next(iter(validator.iter_errors({setting: value})), None)
                 if error is not None:
                     raise ConfigError(f"{where}: axis {name!r}: value {value!r}: {error.message}")
     for task in model["tasks"] if model.get("sweeps") else []:
