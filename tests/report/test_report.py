@@ -69,8 +69,9 @@ def test_every_run_has_a_page_linked_from_the_overview(site):
     active = (out / "runs" / "tetris--tfn--relaxed--seed0.html").read_text("utf-8")
     assert 'class="pill inactive"' not in active
     assert "activity.png" not in (out / "runs" / "tetris--tfn--equivariant--seed0.html").read_text("utf-8")
-    # the legend of each task (2), the vn/relaxed entry and its 2 ok runs, the methods section
-    assert index.count('<span class="pill inactive"') == 2 + 1 + 2 + 1
+    # the legend of each task (2) and of the answer (1), the vn/relaxed entry and its answer cell, its 2 ok
+    # runs, the methods section
+    assert index.count('<span class="pill inactive"') == 2 + 1 + 1 + 1 + 2 + 1
     for page in _pages(out):  # every local link and image exists
         for target in re.findall(r'(?:href|src)="([^"#]+)', page.read_text("utf-8")):
             assert not re.match(r"[a-z]+:", target), f"{page.name}: non-relative link {target}"
