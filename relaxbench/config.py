@@ -226,6 +226,7 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
             except MethodError as err:
                 raise ConfigError(f"{where}.method_params.{method}: {err}") from None
         _check_sweeps(cfg, key, source)
+        check_method_families(cfg, key, where)
     return cfg
 
 
@@ -310,6 +311,21 @@ def _check_sweeps(cfg: Mapping[str, Any], key: str, source: str) -> None:
                 layout.path_component(sweeps.folder(key, cell.label), f"models.{key}.sweeps")
             except layout.PathComponentError as err:
                 raise ConfigError(f"{source}: {err}") from None
+
+
+def check_method_families(cfg: Mapping[str, Any], key: str, where: str) -> None:
+    """Raise :class:`ConfigError` if model entry ``key`` runs a method that does not apply to its family (the
+    method's ``families``), naming the pair and the reason."""
+    model = cfg["models"][key]
+    family = None
+    for method in model.get("methods") or list(cfg["methods"]):
+        declared = get_method(method)
+        if declared.families is None:
+            continue
+        family = family or registry.model_family(model["arch"], model.get("family"))
+        reason = declared.refuses(family)
+        if reason:
+            raise ConfigError(f"{where}.methods: {reason}; drop it from this model's 'methods'")
 
 
 def check_model_params(cfg: Mapping[str, Any], source: str = "config") -> None:
@@ -436,7 +452,7 @@ def resolve_run(cfg: Mapping[str, Any], run: RunSpec) -> dict[str, Any]:
         "family": model.get("family"),
         "model_params": params,
         "method": run.method,
-        "method_params": {k: v for k, v in method.__dict__.items() if k != "name"},
+        "method_params": method.params(),
         "training": training,
         "seed": run.seed,
         "device": cfg["device"],

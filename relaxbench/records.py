@@ -153,7 +153,8 @@ class RunRecord:
     output's units. ``free_share_peak`` is the largest epoch mean of any relaxed layer's free-branch share
     ``theta ||W x|| / ||f_eq x||`` (``history.csv`` columns ``share:<layer>``; ``None`` for a model without
     relaxed layers). ``exported``
-    says whether the metrics came from the model's plain-torch export (``export_for_eval``).
+    says whether the metrics came from the model's plain-torch export (``export_for_eval``). ``dual`` holds the
+    dual-ascent methods' final per-layer ``gamma``, ``lambda`` and ``slack`` (``None`` for other methods).
     """
 
     task: str
@@ -178,6 +179,7 @@ class RunRecord:
     test_metric_unprojected: float | None = None
     theta_unprojected: float | None = None
     free_share_peak: float | None = None
+    dual: dict[str, list[float]] | None = None
     equiv_init_exact: float | None = None
     equiv_init_approx: float | None = None
     equiv_final_exact: float | None = None

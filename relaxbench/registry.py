@@ -42,6 +42,7 @@ __all__ = [
     "build_parameters",
     "get_model",
     "get_task_class",
+    "model_family",
     "model_names",
     "task_kinds",
     "task_names",
@@ -117,6 +118,24 @@ def get_model(arch: str, family: str | None = None) -> ModelEntry:
     return ModelEntry(
         arch, family or module.FAMILY, module.build, getattr(module, "build_unconstrained", None)
     )
+
+
+def model_family(arch: str, family: str | None = None) -> str:
+    """The family of a model entry: ``family`` if the config gives one, else a built-in module's ``FAMILY``, read
+    from its source when it is a plain string assignment (no escnn / e3nn import), else imported."""
+    if family:
+        return family
+    if arch in model_names():
+        spec = importlib.util.find_spec(f"relaxbench.models.{arch}")
+        source = spec.loader.get_source(spec.name) if spec is not None and spec.loader is not None else None
+        for node in ast.parse(source or "").body:
+            if (
+                isinstance(node, ast.Assign)
+                and [getattr(t, "id", None) for t in node.targets] == ["FAMILY"]
+                and isinstance(node.value, ast.Constant)
+            ):
+                return str(node.value.value)
+    return get_model(arch, family).family
 
 
 @dataclass(frozen=True)

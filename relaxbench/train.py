@@ -37,7 +37,10 @@ from relaxbench.relax import (
     free_parameters,
     relaxed_layers,
     set_theta,
+    use_published_layout,
 )
+from relaxbench.relax.dual import attach_dual, dual_state, dual_step
+from relaxbench.symmetrise import FrameAveraged
 from relaxbench.symmetry import EquivarianceError, model_equivariance_error
 from relaxbench.tasks.base import Batch, Split, Task
 
@@ -73,18 +76,28 @@ def build_model(resolved: Mapping[str, Any], task: Task, method: Method) -> tupl
     """Build the run's model from the seeded global stream; returns it and the method as it applies.
 
     ``unconstrained`` uses the model's ``build_unconstrained`` where it has one, else the relaxed twin with
-    theta fixed at 1, no penalty and no projection (the returned method says so).
+    theta fixed at 1, no penalty and no projection (the returned method says so); ``symmetrised`` wraps that
+    model in :class:`~relaxbench.symmetrise.FrameAveraged`. Dual-ascent methods get their per-layer mixing
+    weights and multipliers (:func:`~relaxbench.relax.dual.attach_dual`), ``lie_layout: published`` the
+    published penalty layout.
     """
     entry = registry.get_model(resolved["arch"], resolved.get("family"))
     params = resolved["model_params"]
     try:
-        if method.variant == "unconstrained" and entry.build_unconstrained is not None:
-            return entry.build_unconstrained(task.spec, **params), method
-        if method.variant == "unconstrained":
-            return entry.build(task.spec, relaxed=True, **params), method.as_relaxed_twin()
-        return entry.build(task.spec, relaxed=method.relaxed, **params), method
+        if method.variant in ("unconstrained", "symmetrised"):
+            if entry.build_unconstrained is not None:
+                model = entry.build_unconstrained(task.spec, **params)
+            else:
+                model, method = entry.build(task.spec, relaxed=True, **params), method.as_relaxed_twin()
+            return (FrameAveraged(model, task) if method.variant == "symmetrised" else model), method
+        model = entry.build(task.spec, relaxed=method.relaxed, **params)
     except TypeError as err:
         raise registry.RegistryError(f"model {resolved['model']!r} ({resolved['arch']}): {err}") from err
+    if method.dual != "none":
+        attach_dual(model)
+    if method.lie_layout == "published":
+        use_published_layout(model)
+    return model, method
 
 
 @torch.no_grad()
@@ -260,6 +273,8 @@ class Trainer:
             if self.cfg["grad_clip"]:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
             self.optimizer.step()
+            if self.method.dual != "none":
+                dual_step(self.model, self.method.eta_dual, self.method.dual, self.method.rho)
             self.step_time += time.perf_counter() - ts
             self.steps += 1
             n += 1
@@ -270,6 +285,11 @@ class Trainer:
             sums["prior"] += terms["prior"]
         row = {"epoch": epoch, "theta": theta, "lr": lr, **{k: v / max(n, 1) for k, v in sums.items()}}
         row.update(shares.means())
+        if self.method.dual != "none":
+            state = dual_state(self.model)
+            for key in ("gamma", "lambda"):
+                row[f"{key}_abs_max"] = max(abs(v) for v in state[key])
+                row[f"{key}_mean"] = sum(state[key]) / len(state[key])
         row["train_seconds"] = time.perf_counter() - t0
         return row
 
@@ -390,7 +410,7 @@ def train_run(
     trainer = Trainer(resolved, task, splits, device, quiet)
     record = _base_record(resolved, task, "ok")
     record.device = str(device)
-    record.run_config["method_params"] = {k: v for k, v in trainer.method.__dict__.items() if k != "name"}
+    record.run_config["method_params"] = trainer.method.params()
     free = sum(p.numel() for p in free_parameters(trainer.model))
     record.params_total = sum(p.numel() for p in trainer.model.parameters())
     record.params_free, record.params_equivariant = free, record.params_total - free
@@ -451,6 +471,8 @@ def train_run(
             set_theta(trainer.model, eval_theta)
     else:
         artifacts = {}
+    if trainer.method.dual != "none":
+        record.dual = dual_state(trainer.model)
     record.wall_time_s = time.perf_counter() - t_start
     record.peak_memory_mb = _peak_memory_mb(device)
     _publish(run_dir, record, trainer, artifacts)

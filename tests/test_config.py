@@ -97,6 +97,17 @@ BAD = [
     (lambda c: c.update(statistics={"effect": 0}), "statistics.effect"),
     (lambda c: c.update(statistics={"power": 1.0}), "statistics.power"),
     (lambda c: c.update(statistics={"alpha": 0.1}), "unknown key(s) ['alpha']; choices: ['effect', 'power']"),
+    (lambda c: c["methods"].update(dual_ascent={"dual": "approximate"}), "methods.dual_ascent.dual"),
+    (lambda c: c["methods"].update(equivariant={"dual": "exact"}), "dual ascent needs"),
+    (
+        lambda c: (
+            c["methods"].update(relaxed_published_lie={}),
+            c["models"].update(steerable_cnn={"tasks": ["rotdigits"]}),
+        ),
+        "at 'models.steerable_cnn'.methods: method 'relaxed_published_lie' does not apply to family "
+        "'steerable_cnn': the published reshape",
+    ),
+    (lambda c: c["methods"].update(symmetrised={"families": ["gnn"]}), "unknown key(s) ['families']"),
 ]
 
 

@@ -139,6 +139,45 @@ def test_rpp_keeps_its_free_branch_at_evaluation(tiny_config, tmp_path):
     assert math.isfinite(record.test["loss"])
 
 
+@pytest.mark.parametrize("method", ["dual_ascent", "dual_ascent_resilient"])
+def test_dual_ascent_runs_record_their_dual_variables(tiny_config, tmp_path, method):
+    tiny_config["methods"] = {method: {}}
+    tiny_config["training"]["epochs"] = 3
+    record, out = run(tiny_config, tmp_path, method=method)
+    assert record.status == "ok"
+    assert len(record.dual["gamma"]) == 2 and all(v > 0 for v in record.dual["lambda"])
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["theta"]) == [1.0, 1.0, 1.0]
+    assert (history["lambda_mean"].diff().dropna() > 0).all()  # violated all along: the multipliers rise
+    resilient = method == "dual_ascent_resilient"
+    assert record.run_config["method_params"]["project"] is not resilient
+    if resilient:  # evaluated with the learned gammas: only approximately equivariant
+        assert record.dual["slack"] == pytest.approx([v / 1.0 for v in record.dual["lambda"]])
+        assert record.equiv_final_exact > 1e-9
+    else:  # projected to gamma = 0: exactly the equivariant model
+        assert record.equiv_final_exact < 1e-9 and record.test_metric_unprojected is not None
+
+
+def test_symmetrised_run_is_exactly_invariant(tiny_config, tmp_path):
+    tiny_config["methods"] = {"symmetrised": {}}
+    tiny_config["tasks"]["tetris"]["jitter"] = 0.05  # generic shapes: distinct covariance eigenvalues
+    record, _ = run(tiny_config, tmp_path, method="symmetrised")
+    assert record.status == "ok" and record.params_free > 0
+    assert record.equiv_final_exact < 1e-9
+    assert record.run_config["method_params"]["project"] is False
+
+
+def test_published_layout_ablation_trains_with_the_published_penalty(tiny_config, tmp_path):
+    """Same network and batches as ``relaxed``; only the Lie term differs (its value: tests/relax/test_lie.py)."""
+    tiny_config["methods"] = {"relaxed_published_lie": {}, "relaxed": {}}
+    published, out = run(tiny_config, tmp_path, method="relaxed_published_lie", name="published")
+    _, out_paper = run(tiny_config, tmp_path, method="relaxed", name="paper")
+    assert published.status == "ok" and published.equiv_final_exact < 1e-9
+    assert published.run_config["method_params"]["lie_layout"] == "published"
+    lie, lie_paper = (pd.read_csv(o / "history.csv")["lie"].iloc[1] for o in (out, out_paper))
+    assert lie > 0 and lie != pytest.approx(lie_paper, rel=1e-6)
+
+
 def test_equivariance_examples_are_one_fixed_subset_across_the_classes(tiny_config, tmp_path):
     """Tetris stores its test split ordered by class: the first 8 examples would all be one shape."""
     cfg = validate_config(tiny_config)

@@ -298,7 +298,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
             return conv(x)
         self._record(x.tensor[: self.penalty_examples])
         weight, bias = conv.expand_parameters() if self.training else (conv.filter, conv.expanded_bias)
-        weight = weight + self.theta * self.free.weight
+        weight = weight + self.mix * self.free.weight
         out = F.conv2d(x.tensor, weight, bias, conv.stride, conv.padding, conv.dilation)
         if self.training and self.record_input:
             self._output_head = out[: self.penalty_examples].detach()

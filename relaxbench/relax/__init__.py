@@ -10,6 +10,7 @@ from relaxbench.relax.relaxed import (
     relaxation_penalty,
     relaxed_layers,
     set_theta,
+    use_published_layout,
 )
 from relaxbench.relax.schedules import SCHEDULES, Schedule, make_schedule
 
@@ -30,4 +31,5 @@ __all__ = [
     "relaxation_penalty",
     "relaxed_layers",
     "set_theta",
+    "use_published_layout",
 ]

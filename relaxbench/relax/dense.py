@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from relaxbench.relax.lie import FeatureAction, apply_matrices
+from relaxbench.relax.lie import FeatureAction, apply_matrices, published_layout_generators
 from relaxbench.relax.relaxed import RelaxedLayer
 
 __all__ = ["DenseRelaxedLinear", "second_moment_norms", "second_moment_penalty"]
@@ -158,17 +158,21 @@ class DenseRelaxedLinear(RelaxedLayer):
         )
         super().__init__(equivariant, free, action)
         self.feature_dim = feature_dim
-        n_gen = gen_in.shape[0]
-        # (A^T stacked [G d_in, d_in], B stacked [G d_out, d_out]): W A and B W cost O(nnz d), not O(d^3)
+        self._set_generators(gen_in, gen_out)
+        self._equivariant_matrix = equivariant_matrix
+        self._moments: tuple[Tensor, Tensor, int] | None = None
+        self._fused_equivariant: Tensor | None = None  # f_eq's [d_out, d_in] matrix, last training forward
+        object.__setattr__(self, "_moment_source", None)
+
+    def _set_generators(self, gen_in: Tensor, gen_out: Tensor) -> None:
+        """Keep ``(A^T stacked [G d_in, d_in], B stacked [G d_out, d_out])`` sparse: ``W A`` and ``B W`` then cost
+        ``O(nnz d)``, not ``O(d^3)``."""
+        (n_gen, d_in, _), d_out = gen_in.shape, gen_out.shape[-1]
         self._sparse = (
             gen_in.to(torch.float64).transpose(1, 2).reshape(n_gen * d_in, d_in).to_sparse(),
             gen_out.to(torch.float64).reshape(n_gen * d_out, d_out).to_sparse(),
         )
-        self._equivariant_matrix = equivariant_matrix
-        self._moments: tuple[Tensor, Tensor, int] | None = None
-        self._fused_equivariant: Tensor | None = None  # f_eq's [d_out, d_in] matrix, last training forward
         self._sparse_generators: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
-        object.__setattr__(self, "_moment_source", None)
 
     @property
     def gen_in(self) -> Tensor:
@@ -197,22 +201,23 @@ class DenseRelaxedLinear(RelaxedLayer):
         if self.theta == 0.0:
             return self.equivariant(x, *condition)
         self._record(x)
+        mix = self.mix
         if self._equivariant_matrix is None or condition:
             y_eq, w_x = self.equivariant(x, *condition), self.free(x)
             self._note_outputs(y_eq, w_x)
-            return torch.add(y_eq, w_x, alpha=self.theta)
+            if isinstance(mix, Tensor):
+                return y_eq + mix * w_x
+            return torch.add(y_eq, w_x, alpha=mix)
         equivariant = self._equivariant_matrix()  # [d_out, d_in] channels first, else [d_in, d_out]
         if self.training and self.record_input:
             self._fused_equivariant = (equivariant if self.feature_dim == 1 else equivariant.t()).detach()
         if self.feature_dim == 1:
-            weight = equivariant + self.theta * self.free.weight  # [d_out, d_in]
+            weight = equivariant + mix * self.free.weight  # [d_out, d_in]
             if self.free.bias is None:
                 return torch.matmul(weight, x)
-            return torch.baddbmm(
-                (self.theta * self.free.bias)[None, :, None], weight.expand(x.shape[0], -1, -1), x
-            )
-        y = x @ (equivariant + self.theta * self.free.weight.t())
-        return y if self.free.bias is None else y + self.theta * self.free.bias
+            return torch.baddbmm((mix * self.free.bias)[None, :, None], weight.expand(x.shape[0], -1, -1), x)
+        y = x @ (equivariant + mix * self.free.weight.t())
+        return y if self.free.bias is None else y + mix * self.free.bias
 
     def _record(self, x: Tensor) -> None:
         super()._record(x)
@@ -224,6 +229,11 @@ class DenseRelaxedLinear(RelaxedLayer):
         if self._fused_equivariant is None or self._last_input is None:
             return super().activity_norms()
         return second_moment_norms(self._fused_equivariant, self.free.weight, self.free.bias, self.moments())
+
+    def use_published_layout(self) -> None:
+        """Penalise with the published code's layout (:func:`~relaxbench.relax.lie.published_layout_generators`
+        on the input side) instead of the Lie derivative: the ``relaxed_published_lie`` ablation."""
+        self._set_generators(published_layout_generators(self.gen_in), self.gen_out)
 
     def moments(self) -> tuple[Tensor, Tensor, int]:
         """``(S [d_in, d_in], m [d_in], n)`` of the last input: second moment, sum, number of vectors."""

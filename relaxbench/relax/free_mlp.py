@@ -110,7 +110,7 @@ class RelaxedFreeMLP(RelaxedLayer):
         self._record(x)
         w_x = self.free(x)
         self._note_outputs(out, w_x)
-        return out + self.theta * w_x
+        return out + self.mix * w_x
 
     def penalty_terms(self, lie: bool = True, norm: bool = True) -> tuple[Tensor, Tensor]:
         """``(ld, norm)`` on the last input ``x [B, ..., d_x]``: squared Lie derivative and ``||W(x)||^2``."""

@@ -25,7 +25,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureAction", "apply_matrices", "lie_derivative_sq", "make_finite_action", "make_lie_action"]
+__all__ = [
+    "FeatureAction",
+    "apply_matrices",
+    "lie_derivative_sq",
+    "make_finite_action",
+    "make_lie_action",
+    "published_layout_generators",
+]
 
 
 @dataclass(frozen=True)
@@ -93,3 +100,17 @@ def lie_derivative_sq(linear: Callable[[Tensor], Tensor], x: Tensor, action: Fea
     a_of_wx = action.on_output(linear(x))  # [G, B, *feat_out]
     diff = w_of_ax.reshape(a_of_wx.shape) - a_of_wx
     return diff.pow(2).sum() / batch
+
+
+def published_layout_generators(gen_in: Tensor) -> Tensor:
+    """``[G, d, d]``: the maps the published code applied to a layer input in place of the generators ``gen_in``.
+
+    The published VN and SEGNN code concatenated the generators' outputs generator-major,
+    ``[A_1 x, ..., A_G x]`` (index ``g d + i``), and split that vector as if it were component-major (index
+    ``i G + g``): its "``A_g x``" is ``S_g x`` with ``S_g[i] = M[i G + g]``, ``M = [A_1; ...; A_G]`` (``[G d, d]``).
+    A penalty ``sum_g ||W S_g x - A_g W x||^2`` with these ``S_g`` is the published layout (shared/METHOD.md
+    section 4.1); it is not zero for equivariant ``W`` and has no proper null space. For ``G = 1`` it is the
+    correct Lie derivative.
+    """
+    g, d, _ = gen_in.shape
+    return gen_in.reshape(g * d, d).reshape(d, g, d).transpose(0, 1).contiguous()

@@ -33,6 +33,7 @@ __all__ = [
     "relaxation_penalty",
     "relaxed_layers",
     "set_theta",
+    "use_published_layout",
 ]
 
 
@@ -63,6 +64,9 @@ class RelaxedLayer(nn.Module):
 
     Attributes:
         theta: the relaxation weight (float, >= 0), set by :func:`set_theta`.
+        gamma: the layer's own trained mixing weight (a scalar parameter), or ``None`` (the default); only dual
+            ascent gives layers one (:mod:`relaxbench.relax.dual`). The free branch is weighted by
+            :attr:`mix` = ``theta * gamma`` (``theta`` alone without ``gamma``).
 
     Subclasses whose forward computes ``f_eq(x)`` and ``W(x)`` apart pass both to :meth:`_note_outputs`; a fused
     forward (one map with the summed weight) instead overrides :meth:`activity_norms`.
@@ -81,6 +85,7 @@ class RelaxedLayer(nn.Module):
         self.action = action
         self._free_linear = free_linear
         self.theta = 0.0
+        self.register_parameter("gamma", None)
         self.record_input = True
         self._last_input: Tensor | None = None
         self._output_norms: tuple[Tensor, Tensor] | None = None
@@ -92,7 +97,12 @@ class RelaxedLayer(nn.Module):
         self._record(x)
         w_x = self.free(x)
         self._note_outputs(y, w_x)
-        return y + self.theta * w_x
+        return y + self.mix * w_x
+
+    @property
+    def mix(self) -> float | Tensor:
+        """The free branch's weight: ``theta``, times the layer's trained ``gamma`` where it has one."""
+        return self.theta if self.gamma is None else self.theta * self.gamma
 
     def _record(self, x: Tensor) -> None:
         """Keep the free map's input (detached) for :meth:`penalty_terms` when training with ``record_input``;
@@ -115,13 +125,15 @@ class RelaxedLayer(nn.Module):
         return self._output_norms
 
     def free_share(self) -> Tensor | None:
-        """``theta ||W x|| / ||f_eq x||`` on the last training batch (0-dim tensor, dimensionless): how much of the
-        layer's output the free branch makes; ``None`` when :meth:`activity_norms` is."""
+        """``|mix| ||W x|| / ||f_eq x||`` on the last training batch (0-dim tensor, dimensionless; ``mix`` is theta,
+        times the layer's gamma under dual ascent): how much of the layer's output the free branch makes; ``None``
+        when :meth:`activity_norms` is."""
         norms = self.activity_norms()
         if norms is None:
             return None
         eq, free = norms
-        return self.theta * free / eq.clamp_min(torch.finfo(eq.dtype).tiny)
+        mix = self.mix.detach().abs() if isinstance(self.mix, Tensor) else self.mix
+        return mix * free / eq.clamp_min(torch.finfo(eq.dtype).tiny)
 
     def free_linear(self, x: Tensor) -> Tensor:
         """The bias-free free map applied to ``x``."""
@@ -144,6 +156,13 @@ class RelaxedLayer(nn.Module):
         ld = lie_derivative_sq(self.free_linear, x, self.action) if lie else zero
         sq = self.free(x).pow(2).sum() / x.shape[0] if norm else zero
         return ld, sq
+
+    def use_published_layout(self) -> None:
+        """Switch the Lie penalty to the published code's layout (the ``relaxed_published_lie`` ablation); only
+        layers whose penalty stacks Lie-algebra generators as matrices have one."""
+        raise ValueError(
+            f"{type(self).__name__} has no published-layout Lie penalty (dense Lie-algebra maps only)"
+        )
 
     def free_weight_anchor(self) -> Tensor:
         """Any parameter of the free branch (fixes dtype and device of zero penalties)."""
@@ -189,6 +208,13 @@ def relaxation_penalty(
             norm_total = norm_total + torch.sqrt(sq + eps)
     as_tensor = lambda v: v if isinstance(v, Tensor) else torch.tensor(float(v))  # noqa: E731
     return {"lie": as_tensor(lie_total), "norm": as_tensor(norm_total)}
+
+
+def use_published_layout(model: nn.Module) -> None:
+    """Give every relaxed layer of ``model`` the published code's Lie-penalty layout
+    (:meth:`RelaxedLayer.use_published_layout`)."""
+    for layer in relaxed_layers(model):
+        layer.use_published_layout()
 
 
 def free_parameters(model: nn.Module) -> list[nn.Parameter]:

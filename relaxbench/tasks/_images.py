@@ -201,6 +201,7 @@ class RotatedImageTask(ClassificationTask):
     kind = "image_classification"
 
     num_classes = 10
+    frame = "c4"
 
     def __init__(self, params, data_dir) -> None:
         super().__init__(params, data_dir)

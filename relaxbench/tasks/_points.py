@@ -24,8 +24,14 @@ def sample_rotations_and_permutations(
 
 
 def rotate(g: GroupElement, x: Tensor, point_axis: int | None = 1) -> Tensor:
-    """Apply ``g``'s rotation to vectors ``x [..., 3]`` (and its permutation along ``point_axis``)."""
-    out = x @ g.data["R"].to(x).t()
+    """Apply ``g``'s rotation to vectors ``x [B, ..., 3]`` (and its permutation along ``point_axis``).
+
+    ``g.data["R"]`` is one rotation ``[3, 3]``, or one per example ``[B, 3, 3]`` (a frame, :mod:`relaxbench.symmetrise`).
+    """
+    rot = g.data["R"].to(x)
+    if rot.dim() == 3:
+        rot = rot.reshape(rot.shape[0], *([1] * (x.dim() - 3)), 3, 3)
+    out = x @ rot.transpose(-1, -2)
     if point_axis is not None:
         out = out.index_select(point_axis, g.data["perm"].to(x.device))
     return out

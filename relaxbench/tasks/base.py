@@ -96,6 +96,10 @@ class Task(abc.ABC):
     #: metrics, the equivariance examples), then any further ones named ``"test_<name>"``, whose metrics the
     #: record keeps in ``tests`` (e.g. the smoke plumes' ``test_domain``).
     test_splits: ClassVar[tuple[str, ...]] = ("test",)
+    #: the frame the ``symmetrised`` method averages over (:mod:`relaxbench.symmetrise`): ``"pca"`` (of the
+    #: points ``batch[frame_key]``), ``"c4"`` (the exact grid rotations of images), or ``None`` (no frame)
+    frame: ClassVar[str | None] = None
+    frame_key: ClassVar[str] = "pos"
 
     def __init__(self, params: Mapping[str, Any] | None, data_dir: str | Path) -> None:
         params = dict(params or {})
@@ -183,6 +187,11 @@ class Task(abc.ABC):
         Default: ``pred`` centred over the batch's examples (needs at least 2). A task whose prediction adds an
         input back overrides this (N-body: the predicted displacement ``pred - loc``)."""
         return centred(pred)
+
+    def act_model_output(self, g: GroupElement, output: Any) -> Any:
+        """The group element acting on the model's raw output (what :meth:`predict` derives the prediction from);
+        the prediction's action unless the task derives its prediction (e.g. forces from an invariant energy)."""
+        return self.act_output(g, output)
 
 
 class ClassificationTask(Task):

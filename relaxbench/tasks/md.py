@@ -91,6 +91,7 @@ class MD(Task):
 
     name = "md"
     kind = "molecule"
+    frame = "pca"
     metrics = (
         Metric("force_mae_kcal_mol_A", "kcal/mol/Angstrom", True),
         Metric("energy_mae_kcal_mol", "kcal/mol", True),
@@ -289,6 +290,10 @@ class MD(Task):
         """The energy centred over the batch (an energy offset does not depend on the geometry) and the forces as
         they are (a gradient of the energy, so free of any offset)."""
         return {"energy": pred["energy"] - pred["energy"].mean(), "forces": pred["forces"]}
+
+    def act_model_output(self, g: GroupElement, output: Tensor) -> Tensor:
+        """The model outputs the energy ``[B]``, which is invariant."""
+        return output
 
 
 TASK = MD

@@ -50,6 +50,8 @@ def reference_file(folder: str | Path, key: str, split: str) -> Path:
 class NBody(Task):
     name = "nbody"
     kind = "nbody"
+    frame = "pca"
+    frame_key = "loc"
     metrics = (Metric("mse_pos", "length^2", True),)
     defaults = {
         "n_train": 3000,

@@ -87,6 +87,7 @@ def _modelnet40_files(root: Path, split: str) -> list[Path]:
 class Shapes(ClassificationTask):
     name = "shapes"
     kind = "point_classification"
+    frame = "pca"
     defaults = {
         "dataset": "synthetic",
         "path": None,

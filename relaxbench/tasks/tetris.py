@@ -36,6 +36,7 @@ SHAPES = np.array(
 class Tetris(ClassificationTask):
     name = "tetris"
     kind = "point_classification"
+    frame = "pca"
     defaults = {"n_train": 8, "n_val": 16, "n_test": 32, "jitter": 0.0, "seed": 0}
 
     def prepare(self) -> None:

@@ -1,15 +1,23 @@
 """The Lie-derivative penalty: zero exactly for equivariant maps, positive otherwise.
 
 The published code laid the generator outputs out generator-major ([A_x x, A_y x, A_z x]) but split them
-component-major; ``published_layout_ld`` reproduces that mistake so we can show the zero test would fail on it.
+component-major; ``published_layout_ld`` reproduces that mistake so we can show the zero test would fail on it,
+and it is the reference the ``relaxed_published_lie`` ablation's penalty is tested against.
 """
 
 import pytest
 import torch
 from e3nn import o3
 
+from relaxbench.families import irreps as irreps_family
 from relaxbench.families.so3 import irreps_generators, stacked_vector_generators
-from relaxbench.relax.lie import lie_derivative_sq, make_finite_action, make_lie_action
+from relaxbench.relax import relaxation_penalty, set_theta, use_published_layout
+from relaxbench.relax.lie import (
+    lie_derivative_sq,
+    make_finite_action,
+    make_lie_action,
+    published_layout_generators,
+)
 
 F64 = torch.float64
 TOL = 1e-10
@@ -70,6 +78,41 @@ def test_zero_for_vector_neuron_maps_and_the_published_reshape_fails_that_test()
     assert published_layout_ld(w_eq, x, gin, gout) > 1e-2  # the published layout penalises it
     w_rand = torch.randn(3 * c_out, 3 * c_in, generator=gen, dtype=F64)
     assert lie_derivative_sq(lambda v: v @ w_rand.t(), x, make_lie_action(gin, gout)) > 1e-2
+
+
+@pytest.mark.parametrize(
+    "irreps_in, irreps_out", [("4x0e + 3x1o", "2x0e + 5x1o"), ("2x1o + 1x2e", "1x1o + 2x2e")]
+)
+def test_published_layout_penalty_reproduces_the_published_reshape(irreps_in, irreps_out):
+    """The ablation's penalty equals the published reshape and is positive on an equivariant map."""
+    gen = torch.Generator().manual_seed(4)
+    irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+    gin, gout = irreps_generators(irreps_in), irreps_generators(irreps_out)
+    x = torch.randn(8, irreps_in.dim, generator=gen, dtype=F64)
+    published = make_lie_action(published_layout_generators(gin), gout)
+    w_eq = block_scalar_map(irreps_in, irreps_out, gen)
+    w_rand = torch.randn(irreps_out.dim, irreps_in.dim, generator=gen, dtype=F64)
+    for w in (w_eq, w_rand):
+        ours = lie_derivative_sq(lambda v, w=w: v @ w.t(), x, published)
+        assert ours.item() == pytest.approx(published_layout_ld(w, x, gin, gout).item(), rel=1e-12)
+    assert lie_derivative_sq(lambda v: v @ w_eq.t(), x, published) > 1e-2
+
+
+def test_published_layout_switch_on_a_relaxed_layer():
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(0)
+    layer = irreps_family.relax(o3.Linear("3x0e + 2x1o", "3x0e + 2x1o"), True).to(F64)
+    irreps = o3.Irreps("3x0e + 2x1o")
+    with torch.no_grad():
+        layer.free.weight.copy_(block_scalar_map(irreps, irreps, gen))  # an equivariant free map
+    x = torch.randn(16, irreps.dim, generator=gen, dtype=F64)
+    set_theta(layer, 1.0)
+    layer.train()
+    layer(x)
+    assert relaxation_penalty(layer, eps=0.0)["lie"].item() < 1e-6
+    use_published_layout(layer)
+    layer(x)
+    assert relaxation_penalty(layer, eps=0.0)["lie"].item() > 1e-1
 
 
 def test_generators_act_on_the_chosen_axis():
