@@ -56,16 +56,18 @@ from relaxbench.relax.lie import make_finite_action
 from relaxbench.relax.relaxed import RelaxedLayer
 
 __all__ = [
+    "KernelSpan",
     "RelaxedR2Conv",
     "fibre_matrix",
     "field_action",
     "generator_elements",
+    "grid_covers_group",
     "group_averaged_kernel",
     "is_grid_exact",
     "relax",
 ]
 
-Generators = Literal["grid", "group"]
+Generators = Literal["full", "grid", "group"]
 
 # escnn 1.0.11 computes intertwiner null spaces (needed by D_N and SO(2) kernel bases) with scikit-learn's
 # randomized_svd on an np.matrix, which current scikit-learn rejects (escnn issue #112), and with
@@ -179,16 +181,28 @@ def _field_operator(rho: Tensor, m: np.ndarray) -> Callable[[Tensor], Tensor]:
     return lambda x: move(torch.einsum("ij,bj...->bi...", rho.to(x), x))
 
 
-def generator_elements(gspace, generators: Generators = "grid") -> list[EscnnElement]:
-    """The group elements the penalty uses (see the module docstring); raises if there are none."""
+def grid_covers_group(gspace) -> bool:
+    """Whether the exact grid elements (``generators="grid"``) generate the whole group: C_N and D_N with N in
+    {1, 2, 4}; not C8 (45 degrees is off the grid), not SO(2)."""
+    group = gspace.fibergroup
+    name = type(group).__name__
+    if name == "SO2":
+        return False
+    n = group.rotation_order if name == "DihedralGroup" else group.order()
+    return n in (1, 2, 4)
+
+
+def generator_elements(gspace, generators: Generators = "full") -> list[EscnnElement]:
+    """The group elements the penalty uses (see the module docstring); raises if there are none. ``"full"`` uses
+    the grid's (its span term, :class:`KernelSpan`, covers the rest of the group)."""
     group = gspace.fibergroup
     name = type(group).__name__
     if generators == "group":
         if name == "SO2":
             raise ValueError("SO(2) has no finite generators; use generators='grid' (the 90-degree rotation)")
         return list(group.generators)
-    if generators != "grid":
-        raise ValueError(f"generators must be 'grid' or 'group', got {generators!r}")
+    if generators not in ("full", "grid"):
+        raise ValueError(f"generators must be 'full', 'grid' or 'group', got {generators!r}")
     if name == "SO2":
         return [group.element(np.pi / 2)]
     n = group.rotation_order if name == "DihedralGroup" else group.order()
@@ -204,6 +218,95 @@ def generator_elements(gspace, generators: Generators = "grid") -> list[EscnnEle
             f"{group} contains no rotation acting exactly on the pixel grid; use generators='group'"
         )
     return elements
+
+
+class KernelSpan(nn.Module):
+    """The orthogonal projection of a ``[C_out, C_in, k, k]`` kernel onto an escnn ``R2Conv``'s equivariant kernels.
+
+    escnn builds an ``R2Conv``'s kernel as a combination of basis filters, one basis per pair of (input field,
+    output field) representations, shared by every field pair of that kind. For each such pair this samples the
+    basis once (a one-field ``R2Conv`` with the layer's rings, sigma and dilation), orthonormalises it (``Q``,
+    ``[d_out d_in k^2, b]``, float64) and projects every block of that kind: ``P(K)_block = Q Q^T K_block``.
+    ``residual(K) = K - P(K)`` is zero exactly for kernels escnn could have produced (every equivariant free
+    map in escnn's sense) and positive otherwise, whatever part of the group the pixel grid can represent: the
+    whole-group term of ``generators="full"``. Construction checks that the layer's own kernel has (relative)
+    residual below 1e-4, i.e. that the bases match the layer's (custom basis filters would not).
+    """
+
+    def __init__(self, conv: enn.R2Conv) -> None:
+        super().__init__()
+        gspace, k = conv.in_type.gspace, conv.kernel_size
+        self.blocks: list[tuple[int, int, int, int]] = []
+        for j, ((rep_in, rep_out), (in_idx, out_idx)) in enumerate(_field_pairs(conv).items()):
+            tiny = enn.R2Conv(
+                enn.FieldType(gspace, [rep_in]),
+                enn.FieldType(gspace, [rep_out]),
+                k,
+                dilation=conv.dilation,
+                sigma=conv._sigma,
+                rings=conv._rings,
+                initialize=False,
+            )
+            self.register_buffer(f"q{j}", _orthonormal_kernel_basis(tiny), persistent=False)
+            self.register_buffer(f"in{j}", in_idx.flatten(), persistent=False)
+            self.register_buffer(f"out{j}", out_idx.flatten(), persistent=False)
+            self.blocks.append((out_idx.shape[0], rep_out.size, in_idx.shape[0], rep_in.size))
+        with torch.no_grad():  # in the basis' dtype: escnn's basis cache may hold a cast copy
+            basis_dtype = next(conv.basisexpansion.buffers()).dtype
+            kernel = conv.basisexpansion(conv.weights.detach().to(basis_dtype)).double()
+            kernel = kernel.view(conv.out_type.size, conv.in_type.size, k, k)
+            rel = (self.residual(kernel).norm() / kernel.norm().clamp_min(1e-300)).item()
+        if rel > 1e-4:
+            raise ValueError(
+                f"generators='full': the layer's kernel is {rel:.2g} (relative) off the sampled equivariant basis "
+                "(custom basis arguments?); use generators='grid' or 'group'"
+            )
+
+    def residual(self, kernel: Tensor) -> Tensor:
+        """``K - P(K)`` for ``kernel [C_out, C_in, k, k]`` (differentiable, same dtype)."""
+        k = kernel.shape[-1]
+        projected = torch.zeros_like(kernel)
+        for j, (n_out, d_out, n_in, d_in) in enumerate(self.blocks):
+            q = getattr(self, f"q{j}").to(kernel)
+            out_idx, in_idx = getattr(self, f"out{j}"), getattr(self, f"in{j}")
+            block = kernel.index_select(0, out_idx).index_select(1, in_idx)
+            rows = (
+                block.view(n_out, d_out, n_in, d_in, k, k).permute(0, 2, 1, 3, 4, 5).reshape(n_out * n_in, -1)
+            )
+            back = ((rows @ q) @ q.t()).view(n_out, n_in, d_out, d_in, k, k).permute(0, 2, 1, 3, 4, 5)
+            projected = projected.index_put(
+                (out_idx[:, None], in_idx[None, :]), back.reshape(n_out * d_out, n_in * d_in, k, k)
+            )
+        return kernel - projected
+
+
+def _field_pairs(conv: enn.R2Conv) -> dict:
+    """``{(rep_in, rep_out): (in channels [n_in, d_in], out channels [n_out, d_out])}`` grouping the layer's
+    fields by representation."""
+
+    def channels(field_type: enn.FieldType) -> dict:
+        groups: dict = {}
+        start = 0
+        for rep in field_type.representations:
+            groups.setdefault(rep, []).append(torch.arange(start, start + rep.size))
+            start += rep.size
+        return {rep: torch.stack(idx) for rep, idx in groups.items()}
+
+    ins, outs = channels(conv.in_type), channels(conv.out_type)
+    return {(ri, ro): (ii, oi) for ri, ii in ins.items() for ro, oi in outs.items()}
+
+
+@torch.no_grad()
+def _orthonormal_kernel_basis(conv: enn.R2Conv) -> Tensor:
+    """``[d_out d_in k^2, b]`` float64 orthonormal basis of a one-field ``R2Conv``'s kernels (``b`` may be 0): the
+    left singular vectors of escnn's sampled basis filters (``[b0, d_out, d_in, k^2]``, one block for one field)."""
+    sampled = [b for name, b in conv.basisexpansion.named_buffers() if name.endswith("sampled_basis")]
+    size = conv.out_type.size * conv.in_type.size * conv.kernel_size**2
+    if not sampled:  # no equivariant kernel between these two fields
+        return torch.zeros(size, 0, dtype=torch.float64)
+    (basis,) = sampled
+    u, s, _ = torch.linalg.svd(basis.double().reshape(basis.shape[0], size).t(), full_matrices=False)
+    return u[:, s > 1e-10 * s.max()].contiguous()
 
 
 class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
@@ -226,7 +329,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
     def __init__(
         self,
         conv: enn.R2Conv,
-        generators: Generators = "grid",
+        generators: Generators = "full",
         init_std: float = 1e-4,
         penalty_examples: int | None = None,
     ) -> None:
@@ -267,6 +370,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         if penalty_examples is not None and penalty_examples < 1:
             raise ValueError(f"penalty_examples must be None or >= 1, got {penalty_examples}")
         self.penalty_examples = penalty_examples
+        self.span = KernelSpan(conv) if generators == "full" and not grid_covers_group(gspace) else None
         self.weight_space = all(is_grid_exact(gspace, g) for g in elements)
         if self.weight_space:
             # K_g(q) = rho_out(g)^-1 K(g q) rho_in(g): kernel-space conjugation by each generator
@@ -351,8 +455,11 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         x, weight = self._last_input, self.free.weight
         zero = weight.new_zeros(())
         kernels = []
+        n_lie = len(self.kernel_ops) + (self.span is not None)
         if lie:
             kernels.append(self.lie_kernels().flatten(0, 1))
+            if self.span is not None:
+                kernels.append(self.span.residual(weight))
         if norm:
             kernels.append(weight)
         if not kernels:
@@ -362,7 +469,7 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         if norm:  # W x of the recorded examples, for activity_norms
             self._free_head = out[:, -weight.shape[0] :].detach()
         per_kernel = out.pow(2).sum((0, 2, 3)).view(-1, weight.shape[0]).sum(1) / x.shape[0]
-        ld = per_kernel[: len(self.kernel_ops)].sum() if lie else zero
+        ld = per_kernel[:n_lie].sum() if lie else zero
         return ld, per_kernel[-1] if norm else zero
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -402,7 +509,7 @@ def group_averaged_kernel(layer: RelaxedR2Conv, max_order: int = 64) -> Tensor:
 def relax(
     conv: enn.R2Conv,
     relaxed: bool,
-    generators: Generators = "grid",
+    generators: Generators = "full",
     init_std: float = 1e-4,
     penalty_examples: int | None = None,
 ) -> enn.EquivariantModule:

@@ -8,7 +8,7 @@ method may relax; ``module`` takes and returns irreps vectors ``[..., irreps_in.
 - ``"linear"`` (default): a :class:`~relaxbench.relax.dense.DenseRelaxedLinear` whose free branch is a
   bias-free dense ``Linear(dim_in -> dim_out)`` on the flattened irreps vector (mixing every l and m, as in
   the published SEGNN code, initialised ``N(0, init_std^2)``), penalised with the so(3) generators of the irreps
-  (:func:`relaxbench.families.so3.irreps_generators`). For a bias-free ``o3.Linear`` the two branches are fused
+  and O(3)'s inversion (:func:`penalty_generators`, below). For a bias-free ``o3.Linear`` the two branches are fused
   into one matmul while theta > 0. ``module`` may take extra inputs after ``x`` (e.g. SEGNN's steerable linear
   layer, a tensor product of ``x`` with node attributes, linear in ``x``): ``f(x, attr) = f_eq(x, attr) + theta
   * W x``, the free branch sees ``x`` alone.
@@ -16,6 +16,14 @@ method may relax; ``module`` takes and returns irreps vectors ``[..., irreps_in.
   theta * W([y, c])`` with a free MLP of ``y`` and a context ``c`` of irreps ``context`` (called as ``f(y, c)``;
   give the plain ``module`` a ``forward(y, context=None)`` so that both are called alike), penalised by its Lie
   derivative at the input.
+
+**The whole group O(3).** e3nn's maps are O(3)-equivariant: besides rotations they commute with the inversion
+``-I``, which acts on an irrep of parity ``p`` as ``p`` (``+1`` on ``0e``, ``1e``; ``-1`` on ``0o``, ``1o``). The
+rotation generators cannot see it, so a free map mixing ``0e`` with ``0o`` or ``1o`` with ``1e`` would cost
+nothing; the dense free map's penalty therefore adds the inversion as a finite generator,
+``||W P_in x - P_out W x||^2`` (``P = diag(p)``), wherever it can be non-zero (not when all input and output
+irreps share one parity). The free MLP (``"mlp"``) keeps the rotation generators only: its Lie derivative is
+taken by ``jvp``, where a finite element does not fit.
 
 Shared blocks: :func:`gate` (e3nn's gated nonlinearity), :func:`edge_features` (spherical harmonics and a
 smooth radial basis of relative positions), :func:`linear_matrix`.
@@ -33,11 +41,11 @@ from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import Gate
 from torch import Tensor, nn
 
-from relaxbench.families.so3 import irreps_generators
+from relaxbench.families.so3 import irreps_generators, parity_matrix
 from relaxbench.relax.dense import DenseRelaxedLinear
 from relaxbench.relax.free_mlp import RelaxedFreeMLP
 
-__all__ = ["edge_features", "gate", "irreps_generators", "linear_matrix", "relax"]
+__all__ = ["edge_features", "gate", "irreps_generators", "linear_matrix", "penalty_generators", "relax"]
 
 
 def linear_matrix(linear: o3.Linear) -> Tensor:
@@ -45,6 +53,17 @@ def linear_matrix(linear: o3.Linear) -> Tensor:
     weight = linear.weight
     eye = torch.eye(linear.irreps_in.dim, dtype=weight.dtype, device=weight.device)
     return linear(eye)
+
+
+def penalty_generators(irreps_in, irreps_out) -> tuple[Tensor, Tensor, int]:
+    """``(gen_in [G, d_in, d_in], gen_out [G, d_out, d_out], n_lie)`` for a dense free map ``irreps_in ->
+    irreps_out``: the three so(3) generators (``n_lie = 3``) and, where it can see anything, the inversion."""
+    irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+    gin, gout = irreps_generators(irreps_in), irreps_generators(irreps_out)
+    if len({ir.p for _, ir in irreps_in} | {ir.p for _, ir in irreps_out}) > 1:
+        gin = torch.cat([gin, parity_matrix(irreps_in)[None]])
+        gout = torch.cat([gout, parity_matrix(irreps_out)[None]])
+    return gin, gout, 3
 
 
 def _is_bias_free_linear(module: nn.Module) -> bool:
@@ -99,14 +118,16 @@ def relax(
     fused: Callable[[], Tensor] | None = None
     if _is_bias_free_linear(module):
         fused = lambda: linear_matrix(module)  # noqa: E731
+    gin, gout, n_lie = penalty_generators(irreps_in, irreps_out)
     return DenseRelaxedLinear(
         module,
         irreps_in.dim,
         irreps_out.dim,
-        irreps_generators(irreps_in),
-        irreps_generators(irreps_out),
+        gin,
+        gout,
         init_std=init_std,
         equivariant_matrix=fused,
+        n_lie=n_lie,
     )
 
 

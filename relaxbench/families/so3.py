@@ -9,6 +9,8 @@ acting on a feature vector; stacked generators have shape ``[3, d, d]``. All are
 - :func:`irreps_generators`: on an e3nn irreps vector, block diagonal in e3nn's real basis (e3nn's own
   ``so3_generators``, computed by e3nn in float32, so its ``l = 1`` block differs from
   :func:`cartesian_generators` by up to 6e-8). Parity plays no role: rotations act on ``l`` alone.
+- :func:`parity_matrix`: O(3)'s inversion ``-I`` on an e3nn irreps vector, ``diag(p)`` (a finite element, not a
+  generator of so(3): the e3nn family adds it to its penalty, :func:`relaxbench.families.irreps.penalty_generators`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["cartesian_generators", "irreps_generators", "stacked_vector_generators"]
+__all__ = ["cartesian_generators", "irreps_generators", "parity_matrix", "stacked_vector_generators"]
 
 
 def cartesian_generators(dtype: torch.dtype = torch.float64) -> Tensor:
@@ -44,3 +46,13 @@ def irreps_generators(irreps, dtype: torch.dtype = torch.float64) -> Tensor:
         for a in range(3):
             blocks[a] += [gens[a]] * mul
     return torch.stack([torch.block_diag(*b) for b in blocks])
+
+
+def parity_matrix(irreps, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``[dim, dim]``: the inversion ``-I`` acting on an irreps vector, ``diag(p)`` with each irrep's parity ``p``."""
+    from e3nn import o3
+
+    irreps = o3.Irreps(irreps)
+    return torch.diag(
+        torch.cat([torch.full((ir.dim,), float(ir.p), dtype=dtype) for mul, ir in irreps for _ in range(mul)])
+    )

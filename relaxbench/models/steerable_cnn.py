@@ -236,7 +236,7 @@ def build(
     head_hidden: int = 64,
     max_frequency: int = 3,
     fourier_samples: int = 16,
-    generators: fields.Generators = "grid",
+    generators: fields.Generators = "full",
     free_init_std: float = 1e-4,
     penalty_examples: int | None = 4,
 ) -> SteerableCNN:

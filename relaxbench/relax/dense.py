@@ -114,13 +114,16 @@ class DenseRelaxedLinear(RelaxedLayer):
     Args:
         equivariant: the equivariant map on the same layout (e.g. ``e3nn.o3.Linear``).
         d_in, d_out: feature sizes.
-        gen_in: ``[G, d_in, d_in]`` Lie-algebra generators acting on the input features.
+        gen_in: ``[G, d_in, d_in]`` generators acting on the input features: Lie-algebra generators and, after
+            them, finite group elements (e.g. the inversion), which enter the penalty the same way for a linear
+            ``W`` (``W A - B W``).
         gen_out: ``[G, d_out, d_out]`` the same generators on the output features.
         init_std: standard deviation of the free weight at initialisation (0 gives a zero free map).
         bias: whether the free map has a bias (zero at init; kept out of the Lie term).
         equivariant_matrix: optional zero-argument callable returning ``f_eq``'s dense matrix in the layer's
             layout (``[d_in, d_out]``, ``x @ M``, for ``feature_dim=-1``; ``[d_out, d_in]``, ``M @ x``, for
             ``feature_dim=1``), enabling the fused forward (only valid if ``f_eq`` is linear without bias).
+        n_lie: how many of the generators are Lie-algebra generators (the first ``n_lie``; ``None``: all).
 
     The generators are kept as sparse matrices only (a dense ``[G, d, d]`` buffer costs ``O(d^2)`` memory per
     layer); :attr:`gen_in` and :attr:`gen_out` give them dense. The penalty statistics are per example of the
@@ -138,6 +141,7 @@ class DenseRelaxedLinear(RelaxedLayer):
         bias: bool = False,
         equivariant_matrix: Callable[[], Tensor] | None = None,
         feature_dim: int = -1,
+        n_lie: int | None = None,
     ) -> None:
         if feature_dim not in (-1, 1):
             raise ValueError(f"feature_dim must be -1 (last axis) or 1 (channels first), got {feature_dim}")
@@ -159,6 +163,7 @@ class DenseRelaxedLinear(RelaxedLayer):
         super().__init__(equivariant, free, action)
         self.feature_dim = feature_dim
         self._set_generators(gen_in, gen_out)
+        self.n_lie = gen_in.shape[0] if n_lie is None else n_lie
         self._equivariant_matrix = equivariant_matrix
         self._moments: tuple[Tensor, Tensor, int] | None = None
         self._fused_equivariant: Tensor | None = None  # f_eq's [d_out, d_in] matrix, last training forward
@@ -232,8 +237,11 @@ class DenseRelaxedLinear(RelaxedLayer):
 
     def use_published_layout(self) -> None:
         """Penalise with the published code's layout (:func:`~relaxbench.relax.lie.published_layout_generators`
-        on the input side) instead of the Lie derivative: the ``relaxed_published_lie`` ablation."""
-        self._set_generators(published_layout_generators(self.gen_in), self.gen_out)
+        on the input side) instead of the Lie derivative: the ``relaxed_published_lie`` ablation. Finite
+        generators (the inversion) are dropped: the published penalty had none."""
+        self._set_generators(
+            published_layout_generators(self.gen_in[: self.n_lie]), self.gen_out[: self.n_lie]
+        )
 
     def moments(self) -> tuple[Tensor, Tensor, int]:
         """``(S [d_in, d_in], m [d_in], n)`` of the last input: second moment, sum, number of vectors."""

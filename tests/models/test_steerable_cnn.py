@@ -147,6 +147,31 @@ def test_penalty_vanishes_for_equivariant_free_kernels_only(name):
     assert ld_escnn < TOL32**2 * sq
 
 
+@pytest.mark.parametrize("name", ["C8", "SO2"])
+def test_the_default_penalty_sees_the_whole_group(name):
+    """A C4-equivariant but not C8 (SO(2)) free kernel costs nothing with the grid's generators; the default
+    ("full") adds the distance to escnn's equivariant kernels, which is positive for it and zero for escnn's."""
+    grid, full = _layer(GSPACES[name](), "grid"), _layer(GSPACES[name](), "full")
+    assert full.span is not None and grid.span is None
+    x = torch.randn(3, full.in_type.size, 9, 9, dtype=torch.float64)
+    c4_only = _group_average(full)
+    for layer in (grid, full):
+        with torch.no_grad():
+            layer.free.weight.copy_(c4_only)
+    assert _penalty(grid, x)[0] < 1e-10
+    ld, sq = _penalty(full, x)
+    assert ld > 1e-2 * sq
+    twin = enn.R2Conv(full.in_type, full.out_type, 3, padding=1).double()
+    with torch.no_grad():
+        full.free.weight.copy_(twin.expand_parameters()[0])
+    ld_escnn, sq = _penalty(full, x)
+    assert ld_escnn < TOL32**2 * sq
+
+
+def test_full_is_the_grid_penalty_where_the_grid_generates_the_group():
+    assert _layer(GSPACES["D4"](), "full").span is None
+
+
 @pytest.mark.parametrize("name", ["C8", "D4", "SO2"])
 def test_conjugation_by_index_equals_the_dense_matrices(name):
     layer = _layer(GSPACES[name]())

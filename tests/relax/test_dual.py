@@ -6,7 +6,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from relaxbench.models._e3nn import relaxed_linear
+from relaxbench.families import irreps as irreps_family
 from relaxbench.relax import relaxed_layers, set_theta
 from relaxbench.relax.dual import attach_dual, dual_penalty, dual_state, dual_step
 
@@ -16,7 +16,8 @@ IRREPS = "2x0e + 2x1o"
 
 def two_layer_model(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(relaxed_linear(True, IRREPS, IRREPS), relaxed_linear(True, IRREPS, IRREPS)).to(F64)
+    layers = [irreps_family.relax(o3.Linear(IRREPS, IRREPS), True) for _ in range(2)]
+    return nn.Sequential(*layers).to(F64)
 
 
 def test_attach_gives_every_layer_its_own_gamma_and_multiplier():

@@ -115,6 +115,33 @@ def test_published_layout_switch_on_a_relaxed_layer():
     assert relaxation_penalty(layer, eps=0.0)["lie"].item() > 1e-1
 
 
+def test_the_e3nn_penalty_sees_parity():
+    """A free map that commutes with rotations but mixes 0e with 0o and 1o with 1e breaks O(3): the rotation
+    generators miss it, the inversion catches it; every equivariant map still scores zero."""
+    irreps = o3.Irreps("2x0e + 1x0o + 1x1o + 1x1e")
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(16, irreps.dim, generator=gen, dtype=F64)
+    layer = irreps_family.relax(o3.Linear(irreps, irreps), True).to(F64)
+    assert layer.gen_in.shape[0] == 4 and layer.n_lie == 3
+    swap = torch.zeros(irreps.dim, irreps.dim, dtype=F64)
+    swap[2, 0] = swap[0, 2] = 1.0  # 0e <-> 0o
+    swap[3:6, 6:9] = swap[6:9, 3:6] = torch.eye(3, dtype=F64)  # 1o <-> 1e, the same vector
+    rotations = make_lie_action(layer.gen_in[:3], layer.gen_out[:3])
+    assert lie_derivative_sq(lambda v: v @ swap.t(), x, rotations) < TOL
+    set_theta(layer, 1.0)
+    layer.train()
+    for weight, positive in ((swap, True), (block_scalar_map(irreps, irreps, gen), False)):
+        with torch.no_grad():
+            layer.free.weight.copy_(weight)
+        layer(x)
+        ld = layer.penalty_terms()[0]
+        assert ld > 1.0 if positive else ld < TOL
+    vectors = irreps_family.relax(
+        o3.Linear("3x1o", "1x1o"), True
+    )  # one parity in and out: the inversion adds nothing
+    assert vectors.gen_in.shape[0] == 3
+
+
 def test_generators_act_on_the_chosen_axis():
     """VN features [B, C, 3, N]: generators on axis 2 commute with a channel mixing map."""
     gen = torch.Generator().manual_seed(2)
