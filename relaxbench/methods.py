@@ -166,7 +166,7 @@ METHODS: dict[str, Method] = {
             lambda_lie=0.01,
             lambda_norm=0.01,
             lie_layout="published",
-            families=("tensor_field", "gnn", "baseline"),
+            families=("tensor_field", "gnn", "baseline", "vector_neurons"),
             refusal=(
                 "the published reshape mistake is in the Lie-algebra penalty of dense free maps (the VN and "
                 "SEGNN code); the steerable CNN penalises finite group elements and the Equiformer code finite "

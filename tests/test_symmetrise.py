@@ -82,7 +82,7 @@ def test_symmetrised_image_classifier_is_exactly_c4_invariant(tmp_path):
     model = cnn.build({"channels": 1, "num_classes": 10}, channels=(4, 4), kernel_size=3).to(F64).eval()
     plain, averaged = errors(model, task, batch), errors(FrameAveraged(model, task), task, batch)
     assert plain.exact > 1e-4  # an untrained CNN's logits are mostly its head bias: small but clear
-    assert averaged.exact < 1e-13
+    assert averaged.exact < 1e-10 and averaged.exact_abs < 1e-15
     assert averaged.approx > 1e-6  # other angles interpolate: C4, not SO(2)
 
 

@@ -10,6 +10,7 @@ import torch
 from e3nn import o3
 
 from relaxbench.families import irreps as irreps_family
+from relaxbench.families import vector_neurons as vn_family
 from relaxbench.families.so3 import irreps_generators, stacked_vector_generators
 from relaxbench.relax import relaxation_penalty, set_theta, use_published_layout
 from relaxbench.relax.lie import (
@@ -98,14 +99,30 @@ def test_published_layout_penalty_reproduces_the_published_reshape(irreps_in, ir
     assert lie_derivative_sq(lambda v: v @ w_eq.t(), x, published) > 1e-2
 
 
-def test_published_layout_switch_on_a_relaxed_layer():
-    gen = torch.Generator().manual_seed(5)
-    torch.manual_seed(0)
-    layer = irreps_family.relax(o3.Linear("3x0e + 2x1o", "3x0e + 2x1o"), True).to(F64)
+def _equivariant_e3nn_layer(gen):
     irreps = o3.Irreps("3x0e + 2x1o")
+    layer = irreps_family.relax(o3.Linear(irreps, irreps), True).to(F64)
     with torch.no_grad():
-        layer.free.weight.copy_(block_scalar_map(irreps, irreps, gen))  # an equivariant free map
-    x = torch.randn(16, irreps.dim, generator=gen, dtype=F64)
+        layer.free.weight.copy_(block_scalar_map(irreps, irreps, gen))
+    return layer, torch.randn(16, irreps.dim, generator=gen, dtype=F64)
+
+
+def _equivariant_vn_layer(gen):
+    layer = vn_family.relax(vn_family.VNLinear(3, 2), True).to(F64)
+    with torch.no_grad():
+        layer.free.weight.copy_(
+            torch.kron(torch.randn(2, 3, generator=gen, dtype=F64), torch.eye(3, dtype=F64))
+        )
+    return layer, torch.randn(4, 3, 3, 5, generator=gen, dtype=F64)
+
+
+@pytest.mark.parametrize(
+    "make", [_equivariant_e3nn_layer, _equivariant_vn_layer], ids=["irreps", "vector_neurons"]
+)
+def test_published_layout_switch_on_a_relaxed_layer(make):
+    """An equivariant free map: zero penalty in relaxbench's layout, positive in the published one."""
+    torch.manual_seed(0)
+    layer, x = make(torch.Generator().manual_seed(5))
     set_theta(layer, 1.0)
     layer.train()
     layer(x)
