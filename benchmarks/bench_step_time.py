@@ -15,6 +15,10 @@ the GPU synchronised before and after (CPU time would miss the GPU's work).
 
     python benchmarks/bench_step_time.py [--cases tetris:tfn ...] [--rounds 7] [--steps 5] [--threads 1]
                                          [--device cpu|cuda]
+    python benchmarks/bench_step_time.py --methods dual_ascent symmetrised ... [--cases ...]
+
+With ``--methods``, each named method's step (its model as the trainer builds it, ``train.build_model``, at the
+theta of its schedule's middle epoch, dual-ascent updates included) is timed against ``equivariant``'s instead.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import torch
 from relaxbench import registry
 from relaxbench.methods import get_method, regulariser
 from relaxbench.relax import FreeShareMeter, free_parameters, set_theta
+from relaxbench.relax.dual import dual_step
 from relaxbench.threads import limit_threads
+from relaxbench.train import build_model
 
 # (task, task params, model, model params, batch size): each family at its CPU-scale default (the batch size of
 # configs/default.yaml) and, where the paper's size differs and still fits a CPU, at the paper's size.
@@ -72,6 +78,13 @@ CASES = {
         32,
     ),
     "rotdigits:steerable_cnn(pen8)": ("rotdigits", DIGITS, "steerable_cnn", {"penalty_examples": 8}, 32),
+    "rotdigits:steerable_cnn(grid generators)": (
+        "rotdigits",
+        DIGITS,
+        "steerable_cnn",
+        {"generators": "grid"},
+        32,
+    ),
     "rotdigits:steerable_cnn(group generators)": (
         "rotdigits",
         DIGITS,
@@ -112,6 +125,8 @@ def make_step(model, task, batch, method, theta, shares=True):
         optimizer.zero_grad(set_to_none=True)
         (loss + reg).backward()
         optimizer.step()
+        if method.dual != "none":
+            dual_step(model, method.eta_dual, method.dual, method.rho)
 
     return step
 
@@ -128,12 +143,56 @@ def clock(device: torch.device):
     return wall
 
 
-def time_case(name: str, rounds: int, steps: int, device: torch.device) -> dict[str, float]:
+def load_case(name: str, device: torch.device):
+    """``(task, one training batch on device, arch, params)`` of a case."""
     task_name, task_params, arch, params, batch_size = CASES[name]
     with tempfile.TemporaryDirectory() as tmp:
         task = registry.get_task_class(task_name)(task_params, tmp)
         task.prepare()
         batch = {k: v.to(device) for k, v in task.load_splits()["train"].head(batch_size).items()}
+    return task, batch, arch, params
+
+
+def time_variants(variants: dict, rounds: int, steps: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per step of each variant (a step function): ``rounds`` interleaved rounds of ``steps``."""
+    for step in variants.values():  # warm-up
+        step()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    now = clock(device)
+    for _ in range(rounds):
+        for key, step in variants.items():
+            t0 = now()
+            for _ in range(steps):
+                step()
+            times[key].append((now() - t0) / steps)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], key: str, base: str) -> float:
+    return statistics.median(a / b for a, b in zip(times[key], times[base]))
+
+
+def time_methods(
+    name: str, methods: list[str], rounds: int, steps: int, device: torch.device
+) -> dict[str, float]:
+    """Each method's step time over ``equivariant``'s (and ``plain_ms``, equivariant's) for case ``name``."""
+    task, batch, arch, params = load_case(name, device)
+    resolved = {"arch": arch, "family": None, "model_params": params, "model": arch}
+    variants = {}
+    for key in ["equivariant", *methods]:
+        torch.manual_seed(0)
+        model, method = build_model(resolved, task, get_method(key))
+        theta = method.theta_schedule(2)(1)  # the schedule's middle epoch
+        variants[key] = make_step(model.to(device), task, batch, method, theta)
+    times = time_variants(variants, rounds, steps, device)
+    return {
+        "plain_ms": 1e3 * statistics.median(times["equivariant"]),
+        **{key: median_ratio(times, key, "equivariant") for key in methods},
+    }
+
+
+def time_case(name: str, rounds: int, steps: int, device: torch.device) -> dict[str, float]:
+    task, batch, arch, params = load_case(name, device)
     entry = registry.get_model(arch)
     torch.manual_seed(0)
     plain = entry.build(task.spec, relaxed=False, **params).to(device)
@@ -146,24 +205,15 @@ def time_case(name: str, rounds: int, steps: int, device: torch.device) -> dict[
         "theta0": make_step(relaxed, task, batch, method, 0.0),
         "no_shares": make_step(relaxed, task, batch, method, 0.5, shares=False),
     }
-    for step in variants.values():  # warm-up
-        step()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    now = clock(device)
-    for _ in range(rounds):
-        for key, step in variants.items():
-            t0 = now()
-            for _ in range(steps):
-                step()
-            times[key].append((now() - t0) / steps)
-    ratio = lambda key: statistics.median(a / b for a, b in zip(times[key], times["plain"]))  # noqa: E731
+    times = time_variants(variants, rounds, steps, device)
+    ratio = lambda key: median_ratio(times, key, "plain")  # noqa: E731
     n_plain = sum(p.numel() for p in plain.parameters())
     return {
         "plain_ms": 1e3 * statistics.median(times["plain"]),
         "free_over_plain_params": sum(p.numel() for p in free_parameters(relaxed)) / n_plain,
         "relaxed_over_plain": ratio("relaxed"),
         "theta0_over_plain": ratio("theta0"),
-        "shares_over_relaxed": statistics.median(a / b for a, b in zip(times["relaxed"], times["no_shares"])),
+        "shares_over_relaxed": median_ratio(times, "relaxed", "no_shares"),
     }
 
 
@@ -174,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--methods", nargs="*", default=None, help="time these methods against equivariant")
     args = parser.parse_args(argv)
     limit_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -185,6 +236,12 @@ def main(argv: list[str] | None = None) -> None:
         f"# torch {torch.__version__}, {args.threads} thread(s), {where}, median of {args.rounds} rounds x "
         f"{args.steps} steps"
     )
+    if args.methods:
+        print(f"{'case':<44}{'equivariant ms':>15}" + "".join(f"{m:>24}" for m in args.methods))
+        for name in args.cases:
+            r = time_methods(name, args.methods, args.rounds, args.steps, device)
+            print(f"{name:<44}{r['plain_ms']:>15.2f}" + "".join(f"{r[m]:>24.3f}" for m in args.methods))
+        return
     print(
         f"{'case':<44}{'plain ms/step':>15}{'relaxed/plain':>15}{'theta0/plain':>15}{'free params':>13}"
         f"{'shares/relaxed':>16}"

@@ -26,6 +26,15 @@ def test_every_benchmark_documents_its_command(script):
     assert "usage:" in run(script, "--help")
 
 
+def test_step_time_prints_a_ratio_per_method():
+    methods = ["dual_ascent", "symmetrised", "relaxed_published_lie"]
+    out = run(
+        "bench_step_time.py", "--cases", "tetris:tfn", "--rounds", "1", "--steps", "1", "--methods", *methods
+    )
+    row = next(line for line in out.splitlines() if line.startswith("tetris:tfn"))
+    assert len(row.split()) == 2 + len(methods) and all(float(v) > 0 for v in row.split()[1:])
+
+
 def test_step_time_prints_a_ratio_per_case():
     out = run("bench_step_time.py", "--cases", "tetris:tfn", "--rounds", "1", "--steps", "1")
     row = next(line for line in out.splitlines() if line.startswith("tetris:tfn"))

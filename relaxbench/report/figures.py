@@ -25,10 +25,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from relaxbench.methods import METHODS
+from relaxbench.ranking import Ranking
 
 __all__ = [
     "EQUIV_FLOOR",
     "activity_figure",
+    "critical_difference_diagram",
     "equivariance_figure",
     "learning_curves",
     "method_colors",
@@ -408,6 +410,35 @@ def activity_figure(history: pd.DataFrame, inactive_below: float, path: Path) ->
             Line2D([], [], color="0.3", ls="--", label="θ (right axis)"),
         ]
         _legend(fig, handles + extra)
+
+
+def critical_difference_diagram(ranking: Ranking, path: Path, alpha: float = 0.05) -> Path | None:
+    """The critical-difference diagram of a :class:`~relaxbench.ranking.Ranking` (scikit-posthocs draws it):
+    each method at its mean rank, bars joining methods the Nemenyi test cannot tell apart at ``alpha``. ``None``
+    when no post-hoc test was run (too few methods or cells)."""
+    if ranking.nemenyi is None:
+        return None
+    import scikit_posthocs  # imported here: only the methods page draws one
+
+    with _style():
+        fig = Figure(
+            figsize=(max(MIN_WIDTH, 1.1 * len(ranking.methods)), 0.9 + 0.3 * len(ranking.methods)), dpi=DPI
+        )
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        colors = method_colors(ranking.methods)
+        scikit_posthocs.critical_difference_diagram(
+            ranking.mean_rank.rename(index=_text),
+            ranking.nemenyi.rename(index=_text, columns=_text),
+            alpha=alpha,
+            ax=ax,
+            color_palette={_text(m): colors[m] for m in ranking.methods},
+        )
+        ax.set_title(
+            f"mean rank over {len(ranking.cells)} task x model cells (1 = best); bars: Nemenyi p >= {alpha:g}",
+            fontsize=10,
+        )
+        fig.tight_layout()
         return _save(fig, path)
 
 

@@ -37,6 +37,7 @@ from relaxbench.leaderboard import (
     read_tables,
 )
 from relaxbench.methods import METHODS
+from relaxbench.ranking import rank_methods, verdict_counts
 from relaxbench.records import (
     LeaderboardError,
     RunRecord,
@@ -139,6 +140,7 @@ def _run_context(row: Mapping[str, Any], record: RunRecord, history: pd.DataFram
         "splits": {split: data[split] for split in ("train", "val", "test")},
         "metric_names": list(dict.fromkeys(k for split in ("train", "val", "test") for k in data[split])),
         "versions": record.versions,
+        "dual": record.dual,
         "config_json": json.dumps(record.run_config, indent=2, sort_keys=True, default=str),
         "record_json": record.to_json(),
         "history_columns": list(history.columns),
@@ -260,6 +262,22 @@ def _sweep_figures(
                 )
             )
     return made
+
+
+def _ranking_context(agg: pd.DataFrame, stage: Path) -> dict[str, Any]:
+    """The ranking section: :func:`relaxbench.ranking.rank_methods`, its CD diagram, the verdict counts."""
+    ranking = rank_methods(agg)
+    path = figures.critical_difference_diagram(ranking, stage / "figures/methods-cd.png")
+    counts = verdict_counts(agg)
+    cd = None
+    if path is not None:
+        cd = {"src": path.relative_to(stage).as_posix(), **dict(zip(("width", "height"), _png_size(path)))}
+    return {
+        "ranking": ranking,
+        "cd_figure": cd,
+        "verdict_names": list(VERDICTS),
+        "verdicts": {m: {v: int(n) for v, n in row.items()} for m, row in counts.iterrows()},
+    }
 
 
 def _task_sections(
@@ -444,6 +462,7 @@ def build_report(
             plume=_figure_entries(plume.plume_section(board, agg, records, results_dir, stage), stage),
             provenance=_provenance(board),
             methods=_methods_used(records),
+            **_ranking_context(agg, stage),
         )
         (stage / "index.html").write_text(index, encoding="utf-8")
         atomic_replace_dir(stage, out_dir)

@@ -198,6 +198,17 @@ def test_sweep_figure_draws_one_column_per_value_of_the_crossed_axes(tmp_path):
     )
 
 
+def test_report_ranks_the_methods(site):
+    """Two methods on three cells: ranks and verdict counts, and the reason there is no Friedman test."""
+    _, out = site
+    index = (out / "index.html").read_text("utf-8")
+    ranking = index[index.index('<section id="ranking">') :]
+    ranking = ranking[: ranking.index("</section>")]
+    assert "<code>relaxed</code>" in ranking and "<code>equivariant</code>" in ranking
+    assert "No Friedman / Nemenyi test: the Friedman and Nemenyi tests need at least 3 methods" in ranking
+    assert 'href="#ranking"' in index
+
+
 def test_formatting_helpers():
     assert fmt_num(float("nan")) == "–" and fmt_num(None) == "–"
     assert fmt_num(0.123456) == "0.1235" and fmt_num(-2.5e-7) == "-2.5e-07" and fmt_num(3.0) == "3"
