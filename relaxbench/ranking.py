@@ -4,8 +4,9 @@ A *cell* is one task x model; its score of a method is the mean test metric over
 ``test_metric_mean``, sign-flipped where higher is better). Within a cell the methods get ranks 1 (best) to k
 (ties share the average rank). Comparing ranks across cells needs every method in every cell (a complete
 block design), while configs run some methods on some models only; :func:`rank_methods` therefore ranks on the
-largest complete block: the set of methods, run in at least one common cell each, that maximises
-``methods x cells`` (ties: more cells), and says which methods and cells that is.
+largest complete block: among the sets of methods run in at least one common cell, one on which the tests below
+can run (at least 3 methods on 2 cells) if any, then the one that maximises ``methods x cells`` (ties: more
+cells); it says which methods and cells that is.
 
 On that block:
 
@@ -80,13 +81,15 @@ def _complete_block(scores: pd.DataFrame) -> tuple[list[str], list[tuple[str, st
     """The methods and cells of the largest complete block (module docstring)."""
     present = scores.notna()
     coverage = present.sum().sort_values(ascending=False, kind="stable")
-    best: tuple[int, int, list[str], list] = (0, 0, [], [])
+    best: tuple[tuple[bool, int, int], list[str], list] = ((False, 0, 0), [], [])
     for threshold in sorted(set(coverage), reverse=True):
         methods = [m for m in coverage.index if coverage[m] >= threshold]
         cells = list(present.index[present[methods].all(axis=1)])
-        if len(methods) >= 2 and cells and (len(methods) * len(cells), len(cells)) > best[:2]:
-            best = (len(methods) * len(cells), len(cells), methods, cells)
-    return best[2], best[3]
+        testable = len(methods) >= MIN_METHODS and len(cells) >= MIN_CELLS
+        key = (testable, len(methods) * len(cells), len(cells))
+        if len(methods) >= 2 and cells and key > best[0]:
+            best = (key, methods, cells)
+    return best[1], best[2]
 
 
 def rank_methods(agg: pd.DataFrame) -> Ranking:

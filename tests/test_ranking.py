@@ -45,6 +45,15 @@ def test_ranks_on_the_largest_complete_block_in_the_metrics_direction():
     assert ranking.nemenyi.loc["relaxed", "symmetrised"] == ranking.nemenyi.loc["symmetrised", "relaxed"]
 
 
+def test_a_block_the_tests_can_use_wins_over_a_larger_one():
+    """Two methods everywhere (8 cells) against four methods on two cells: the four are ranked and tested."""
+    agg = aggregates(n_cells=2, extra=False)
+    others = aggregates(n_cells=8, extra=False)
+    others = others[others["method"].isin(["equivariant", "relaxed"]) & (others["task"] >= "task2")]
+    ranking = rank_methods(pd.concat([agg, others]))
+    assert len(ranking.methods) == 4 and len(ranking.cells) == 2 and ranking.friedman_p is not None
+
+
 def test_too_small_a_block_ranks_without_tests():
     ranking = rank_methods(aggregates(n_cells=1, extra=False))
     assert ranking.mean_rank.tolist() == [1.0, 2.0, 3.0, 4.0]

@@ -99,7 +99,7 @@ def dual_state(model: nn.Module) -> dict[str, list[float]]:
     """``{"gamma": [...], "lambda": [...], "slack": [...]}``, one value per relaxed layer in module order."""
     layers = _dual_layers(model)
     return {
-        "gamma": [float(layer.gamma) for layer in layers],
+        "gamma": [float(layer.gamma.detach()) for layer in layers],
         "lambda": [float(layer.dual_lambda) for layer in layers],
         "slack": [float(layer.dual_slack) for layer in layers],
     }
