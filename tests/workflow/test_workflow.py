@@ -129,6 +129,10 @@ def test_dry_run_of_the_default_config_with_the_local_profile(tmp_path):
         "relaxed_no_lie",
         "relaxed_no_reg",
         "rpp",  # the smoke plumes' RPP row
+        "relaxed_published_lie",
+        "dual_ascent",
+        "dual_ascent_resilient",
+        "symmetrised",
     }
     assert {r.seed for r in runs} == {0, 1, 2}
     assert "results/default/leaderboard.csv" in out.stdout and "reports/default" in out.stdout
