@@ -226,7 +226,7 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
             except MethodError as err:
                 raise ConfigError(f"{where}.method_params.{method}: {err}") from None
         _check_sweeps(cfg, key, source)
-        check_method_families(cfg, key, where)
+        check_method_pairs(cfg, key, where)
     return cfg
 
 
@@ -313,13 +313,21 @@ def _check_sweeps(cfg: Mapping[str, Any], key: str, source: str) -> None:
                 raise ConfigError(f"{source}: {err}") from None
 
 
-def check_method_families(cfg: Mapping[str, Any], key: str, where: str) -> None:
+def check_method_pairs(cfg: Mapping[str, Any], key: str, where: str) -> None:
     """Raise :class:`ConfigError` if model entry ``key`` runs a method that does not apply to its family (the
-    method's ``families``), naming the pair and the reason."""
+    method's ``families``) or, for ``symmetrised``, to one of its tasks (a task without a frame, ``Task.frame``),
+    naming the pair and the reason."""
     model = cfg["models"][key]
     family = None
     for method in model.get("methods") or list(cfg["methods"]):
         declared = get_method(method)
+        if declared.variant == "symmetrised":
+            for task in model["tasks"]:
+                if registry.get_task_class(task)(task_params(cfg, task), "").frame is None:
+                    raise ConfigError(
+                        f"{where}.methods: method {method!r} does not apply to task {task!r}: the task declares no "
+                        "frame to average over (Task.frame); drop it from this model's 'methods'"
+                    )
         if declared.families is None:
             continue
         family = family or registry.model_family(model["arch"], model.get("family"))

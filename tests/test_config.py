@@ -108,6 +108,14 @@ BAD = [
         "'steerable_cnn': the published reshape",
     ),
     (lambda c: c["methods"].update(symmetrised={"families": ["gnn"]}), "unknown key(s) ['families']"),
+    (
+        lambda c: (
+            c["methods"].update(symmetrised={}),
+            c["tasks"].update(plume={"symmetry": "scale"}),
+            c["models"].update(equiv={"tasks": ["plume"], "methods": ["symmetrised"]}),
+        ),
+        "method 'symmetrised' does not apply to task 'plume': the task declares no frame",
+    ),
 ]
 
 

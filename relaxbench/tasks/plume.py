@@ -228,6 +228,11 @@ class Plume(Task):
                 p[key] = list(PUBLISHED[p["symmetry"]][key])
         self._check_params()
 
+    @property
+    def frame(self) -> str | None:  # type: ignore[override]
+        """The rotation set's exact quarter turns for the ``symmetrised`` method; the scale set has no frame."""
+        return "c4" if self.params["symmetry"] == "rotation" else None
+
     def _check_params(self) -> None:
         p = self.params
 
