@@ -24,6 +24,7 @@ theta of its schedule's middle epoch, dual-ascent updates included) is timed aga
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -175,11 +176,14 @@ def median_ratio(times: dict[str, list[float]], key: str, base: str) -> float:
 def time_methods(
     name: str, methods: list[str], rounds: int, steps: int, device: torch.device
 ) -> dict[str, float]:
-    """Each method's step time over ``equivariant``'s (and ``plain_ms``, equivariant's) for case ``name``."""
+    """Each method's step time over ``equivariant``'s (and ``plain_ms``, equivariant's) for case ``name``; NaN for
+    a method that does not apply to the model's family."""
     task, batch, arch, params = load_case(name, device)
     resolved = {"arch": arch, "family": None, "model_params": params, "model": arch}
+    family = registry.get_model(arch).family
+    applies = [m for m in methods if get_method(m).refuses(family) is None]
     variants = {}
-    for key in ["equivariant", *methods]:
+    for key in ["equivariant", *applies]:
         torch.manual_seed(0)
         model, method = build_model(resolved, task, get_method(key))
         theta = method.theta_schedule(2)(1)  # the schedule's middle epoch
@@ -187,7 +191,7 @@ def time_methods(
     times = time_variants(variants, rounds, steps, device)
     return {
         "plain_ms": 1e3 * statistics.median(times["equivariant"]),
-        **{key: median_ratio(times, key, "equivariant") for key in methods},
+        **{key: median_ratio(times, key, "equivariant") if key in applies else math.nan for key in methods},
     }
 
 

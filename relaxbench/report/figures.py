@@ -410,6 +410,7 @@ def activity_figure(history: pd.DataFrame, inactive_below: float, path: Path) ->
             Line2D([], [], color="0.3", ls="--", label="θ (right axis)"),
         ]
         _legend(fig, handles + extra)
+        return _save(fig, path)
 
 
 def critical_difference_diagram(ranking: Ranking, path: Path, alpha: float = 0.05) -> Path | None:
