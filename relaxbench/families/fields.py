@@ -229,13 +229,17 @@ class KernelSpan(nn.Module):
     ``[d_out d_in k^2, b]``, float64) and projects every block of that kind: ``P(K)_block = Q Q^T K_block``.
     ``residual(K) = K - P(K)`` is zero exactly for kernels escnn could have produced (every equivariant free
     map in escnn's sense) and positive otherwise, whatever part of the group the pixel grid can represent: the
-    whole-group term of ``generators="full"``. Construction checks that the layer's own kernel has (relative)
-    residual below 1e-4, i.e. that the bases match the layer's (custom basis filters would not).
+    whole-group term of ``generators="full"``. The basis filters are first averaged over the grid's exact
+    subgroup (escnn samples them in float32, so they are grid-equivariant only to float32 rounding): every
+    kernel of the span then also has an exactly zero grid finite difference. Construction checks that the
+    layer's own kernel has (relative) residual below 1e-4, i.e. that the bases match the layer's (custom basis
+    filters would not).
     """
 
     def __init__(self, conv: enn.R2Conv) -> None:
         super().__init__()
         gspace, k = conv.in_type.gspace, conv.kernel_size
+        grid = _grid_group(generator_elements(gspace, "grid"))
         self.blocks: list[tuple[int, int, int, int]] = []
         for j, ((rep_in, rep_out), (in_idx, out_idx)) in enumerate(_field_pairs(conv).items()):
             tiny = enn.R2Conv(
@@ -247,7 +251,7 @@ class KernelSpan(nn.Module):
                 rings=conv._rings,
                 initialize=False,
             )
-            self.register_buffer(f"q{j}", _orthonormal_kernel_basis(tiny), persistent=False)
+            self.register_buffer(f"q{j}", _orthonormal_kernel_basis(tiny, grid), persistent=False)
             self.register_buffer(f"in{j}", in_idx.flatten(), persistent=False)
             self.register_buffer(f"out{j}", out_idx.flatten(), persistent=False)
             self.blocks.append((out_idx.shape[0], rep_out.size, in_idx.shape[0], rep_in.size))
@@ -297,15 +301,19 @@ def _field_pairs(conv: enn.R2Conv) -> dict:
 
 
 @torch.no_grad()
-def _orthonormal_kernel_basis(conv: enn.R2Conv) -> Tensor:
+def _orthonormal_kernel_basis(conv: enn.R2Conv, grid: list[EscnnElement]) -> Tensor:
     """``[d_out d_in k^2, b]`` float64 orthonormal basis of a one-field ``R2Conv``'s kernels (``b`` may be 0): the
-    left singular vectors of escnn's sampled basis filters (``[b0, d_out, d_in, k^2]``, one block for one field)."""
+    left singular vectors of escnn's sampled basis filters (``[b0, d_out, d_in, k^2]``, one block for one field),
+    each averaged over the ``grid`` elements."""
     sampled = [b for name, b in conv.basisexpansion.named_buffers() if name.endswith("sampled_basis")]
     size = conv.out_type.size * conv.in_type.size * conv.kernel_size**2
     if not sampled:  # no equivariant kernel between these two fields
         return torch.zeros(size, 0, dtype=torch.float64)
     (basis,) = sampled
-    u, s, _ = torch.linalg.svd(basis.double().reshape(basis.shape[0], size).t(), full_matrices=False)
+    k = conv.kernel_size
+    filters = basis.double().reshape(basis.shape[0], conv.out_type.size, conv.in_type.size, k, k)
+    filters = torch.stack([_average_kernel(f, conv.in_type, conv.out_type, grid) for f in filters])
+    u, s, _ = torch.linalg.svd(filters.reshape(basis.shape[0], size).t(), full_matrices=False)
     return u[:, s > 1e-10 * s.max()].contiguous()
 
 
@@ -482,11 +490,9 @@ class RelaxedR2Conv(RelaxedLayer, enn.EquivariantModule):
         return self.equivariant.export()
 
 
-def group_averaged_kernel(layer: RelaxedR2Conv, max_order: int = 64) -> Tensor:
-    """``[C_out, C_in, k, k]``: the layer's free kernel averaged over the finite group ``H`` its penalty
-    generators generate, ``mean_h rho_out(h)^-1 K(h q) rho_in(h)``: an equivariant kernel (exactly, for the
-    default ``"grid"`` generators, which act on the pixel grid by permutations; float64)."""
-    elements, frontier = [layer.elements[0].group.identity], list(layer.elements)
+def _grid_group(generators: list[EscnnElement], max_order: int = 64) -> list[EscnnElement]:
+    """Every element of the finite group that ``generators`` generate (grid-exact generators: a subgroup of D4)."""
+    elements, frontier = [generators[0].group.identity], list(generators)
     while frontier:
         g = frontier.pop()
         if g in elements:
@@ -494,16 +500,29 @@ def group_averaged_kernel(layer: RelaxedR2Conv, max_order: int = 64) -> Tensor:
         elements.append(g)
         if len(elements) > max_order:
             raise ValueError(f"the penalty generators generate more than {max_order} elements")
-        frontier += [g @ h for h in layer.elements]
-    kernel = layer.free.weight.detach().to(torch.float64)
-    trivial = enn.FieldType(layer.in_type.gspace, [layer.in_type.gspace.trivial_repr])
+        frontier += [g @ h for h in generators]
+    return elements
+
+
+def _average_kernel(kernel: Tensor, in_type, out_type, elements: list[EscnnElement]) -> Tensor:
+    """``mean_h rho_out(h)^-1 K(h q) rho_in(h)`` of ``kernel [C_out, C_in, k, k]`` over ``elements`` (float64)."""
+    kernel = kernel.to(torch.float64)
+    trivial = enn.FieldType(in_type.gspace, [in_type.gspace.trivial_repr])
     total = torch.zeros_like(kernel)
     for h in elements:
         moved = field_action(kernel.flatten(0, 1).unsqueeze(1), trivial, ~h).view_as(kernel)  # K(h q)
-        total += torch.einsum(
-            "co,cikl,ij->ojkl", fibre_matrix(layer.out_type, h), moved, fibre_matrix(layer.in_type, h)
-        )
+        total += torch.einsum("co,cikl,ij->ojkl", fibre_matrix(out_type, h), moved, fibre_matrix(in_type, h))
     return total / len(elements)
+
+
+def group_averaged_kernel(layer: RelaxedR2Conv, max_order: int = 64) -> Tensor:
+    """``[C_out, C_in, k, k]``: the layer's free kernel averaged over the finite group ``H`` its penalty
+    generators generate, ``mean_h rho_out(h)^-1 K(h q) rho_in(h)`` (exact: the grid generators act on the pixel
+    grid by permutations; float64), then, where the penalty has a span term (:class:`KernelSpan`: C8, SO(2)),
+    projected onto the layer's equivariant kernels: an equivariant kernel for the whole group."""
+    elements = _grid_group(layer.elements, max_order)
+    total = _average_kernel(layer.free.weight.detach(), layer.in_type, layer.out_type, elements)
+    return total if layer.span is None else total - layer.span.residual(total)
 
 
 def relax(

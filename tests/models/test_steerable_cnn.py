@@ -154,7 +154,7 @@ def test_the_default_penalty_sees_the_whole_group(name):
     grid, full = _layer(GSPACES[name](), "grid"), _layer(GSPACES[name](), "full")
     assert full.span is not None and grid.span is None
     x = torch.randn(3, full.in_type.size, 9, 9, dtype=torch.float64)
-    c4_only = _group_average(full)
+    c4_only = fields.group_averaged_kernel(grid)  # averaged over C4 only
     for layer in (grid, full):
         with torch.no_grad():
             layer.free.weight.copy_(c4_only)
