@@ -23,6 +23,7 @@ import yaml
 from relaxbench import layout, registry, sweeps
 from relaxbench.errors import UserError, one_line
 from relaxbench.methods import MethodError, get_method
+from relaxbench.validation import first_error
 
 __all__ = [
     "ConfigError",
@@ -165,22 +166,16 @@ def _deref(ref: str, root: Mapping[str, Any]) -> Mapping[str, Any]:
     return target
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
-    where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = sorted(err.schema.get("properties", {}))
-        unknown = sorted(set(err.instance) - set(allowed))
-        return f"at '{where}': unknown key(s) {unknown}; choices: {allowed}"
-    return f"at '{where}': {err.message}"
-
-
 def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate ``cfg``, fill defaults and check names; returns a new dict or raises :class:`ConfigError`."""
+    if _count_values(cfg, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"{source}: more than {MAX_CONFIG_VALUES} values (YAML aliases?); not a relaxbench config"
+        )
     cfg = copy.deepcopy(dict(cfg))
-    validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        raise ConfigError(f"{source}: " + _describe(errors[0]))
+    problem = first_error(cfg, schema())
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     _fill_defaults(cfg, schema(), schema())
     _check_folder_names(cfg, source)
     for method, overrides in cfg["methods"].items():
@@ -189,15 +184,9 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
         except MethodError as err:
             raise ConfigError(f"{source}: at 'methods.{method}': {err}") from None
     known_tasks = registry.task_names()
-    for task, params in cfg["tasks"].items():
+    for task in cfg["tasks"]:
         if task not in known_tasks:
             raise ConfigError(f"{source}: at 'tasks.{task}': unknown task {task!r}; choices: {known_tasks}")
-        allowed = registry.get_task_class(task).defaults
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"{source}: at 'tasks.{task}': unknown parameter(s) {unknown}; choices: {sorted(allowed)}"
-            )
     for key, model in cfg["models"].items():
         where = f"{source}: at 'models.{key}'"
         model.setdefault("arch", key)
@@ -227,6 +216,12 @@ def validate_config(cfg: Mapping[str, Any], source: str = "config") -> dict[str,
                 raise ConfigError(f"{where}.method_params.{method}: {err}") from None
         _check_sweeps(cfg, key, source)
         check_method_pairs(cfg, key, where)
+    for task in sorted(set(cfg["tasks"]) | {t for m in cfg["models"].values() for t in m["tasks"]}):
+        try:
+            registry.get_task_class(task).check_params(cfg["tasks"].get(task))
+        except UserError as err:
+            message = str(err).removeprefix(f"task {task!r}: ")
+            raise ConfigError(f"{source}: at 'tasks.{task}': {message}") from None
     return cfg
 
 

@@ -9,6 +9,7 @@ atomically; a killed run leaves no record and so is simply rerun. Optional check
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import math
@@ -17,7 +18,8 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from relaxbench import registry
 from relaxbench.config import run_hash
+from relaxbench.errors import UserError, one_line
 from relaxbench.methods import Method, get_method, regulariser
 from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text, git_commit, package_versions
 from relaxbench.relax import (
@@ -44,17 +47,36 @@ from relaxbench.symmetrise import FrameAveraged
 from relaxbench.symmetry import EquivarianceError, model_equivariance_error
 from relaxbench.tasks.base import Batch, Split, Task
 
-__all__ = ["Diverged", "Trainer", "build_model", "evaluate", "regulariser", "select_device", "train_run"]
+__all__ = [
+    "Diverged",
+    "RunLocked",
+    "Trainer",
+    "build_model",
+    "check_finite_parameters",
+    "evaluate",
+    "regulariser",
+    "run_lock",
+    "select_device",
+    "train_run",
+]
 
 log = logging.getLogger("relaxbench.train")
 
 
 class Diverged(RuntimeError):
-    """A non-finite training loss."""
+    """A non-finite training loss, or non-finite parameters after an epoch."""
 
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(f"non-finite training loss ({value}) at epoch {epoch}, step {step}")
+    def __init__(self, epoch: int, message: str) -> None:
+        super().__init__(message)
         self.epoch = epoch
+
+
+def check_finite_parameters(model: nn.Module, epoch: int) -> None:
+    """:class:`Diverged` if any parameter of ``model`` is NaN or infinite (a finite loss does not rule it out:
+    the last step of an epoch can break the weights)."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise Diverged(epoch, f"non-finite parameter {name!r} after epoch {epoch}")
 
 
 def select_device(name: str) -> torch.device:
@@ -267,7 +289,9 @@ class Trainer:
             shares.update()  # before the weights change
             loss = task_loss + reg
             if not torch.isfinite(loss):
-                raise Diverged(epoch, step, float(loss))
+                raise Diverged(
+                    epoch, f"non-finite training loss ({float(loss)}) at epoch {epoch}, step {step}"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg["grad_clip"]:
@@ -325,6 +349,7 @@ class Trainer:
         checks = self.unprojected_check_epochs()
         for epoch in bar:
             row = self.train_epoch(epoch)
+            check_finite_parameters(self.model, epoch)
             if epoch in checks:  # the model as it trains: theta of the epoch, free branch on
                 unprojected = self.equivariance_error()
                 row["equiv_unprojected_exact"] = unprojected.exact
@@ -384,6 +409,26 @@ def _base_record(resolved: Mapping[str, Any], task: Task, status: str) -> RunRec
     )
 
 
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` (an exclusive ``flock``) while a process trains the run; a second process of the
+    same run stops with :class:`RunLocked`. The kernel releases the lock when its process ends, even by
+    SIGKILL, so a killed run never blocks its rerun."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(
+                f"{run_dir}: another relaxbench process is training this run; wait for it or stop it"
+            ) from None
+        yield
+
+
+class RunLocked(UserError):
+    """Another process holds the run's lock."""
+
+
 def train_run(
     resolved: Mapping[str, Any],
     run_dir: str | Path,
@@ -406,10 +451,47 @@ def train_run(
     task = registry.get_task_class(resolved["task"])(resolved["task_params"], data_dir)
     if not task.prepared():
         task.prepare()
-    splits = task.load_splits()
-    trainer = Trainer(resolved, task, splits, device, quiet)
-    record = _base_record(resolved, task, "ok")
-    record.device = str(device)
+    splits = task.checked_splits()
+    with run_lock(run_dir):
+        record = _base_record(resolved, task, "ok")
+        record.device = str(device)
+        trainer, artifacts = None, {}
+        try:
+            trainer = Trainer(resolved, task, splits, device, quiet)
+            artifacts = _train_and_evaluate(trainer, record, run_dir, resume)
+        except Diverged as err:
+            record.status, record.reason, record.diverged_epoch = "diverged", str(err), err.epoch
+        except Exception as err:  # any failure of the run is recorded, with its reason
+            log.exception("run failed")
+            record.status, record.reason = "failed", one_line(f"{type(err).__name__}: {err}")
+        if record.status == "ok":
+            _check_finite_metrics(record)
+        if trainer is not None and trainer.method.dual != "none":
+            record.dual = dual_state(trainer.model)
+        record.wall_time_s = time.perf_counter() - t_start
+        record.peak_memory_mb = _peak_memory_mb(device)
+        _publish(run_dir, record, trainer, artifacts)
+    return record
+
+
+def _check_finite_metrics(record: RunRecord) -> None:
+    """An ``ok`` record whose evaluated metrics are not all finite becomes ``diverged``."""
+    for split in ("train", "val", "test"):
+        bad = sorted(k for k, v in getattr(record, split).items() if not math.isfinite(v))
+        if bad:
+            record.status, record.reason = (
+                "diverged",
+                f"non-finite {split} metric(s) {bad} of the evaluated model",
+            )
+            return
+
+
+def _train_and_evaluate(
+    trainer: Trainer, record: RunRecord, run_dir: Path, resume: bool
+) -> Mapping[str, bytes]:
+    """Train (resuming from a checkpoint of the same settings), select, evaluate; fills ``record``, returns the
+    task's artifacts. Raises :class:`Diverged` for a non-finite loss or parameters."""
+    task, splits, device = trainer.task, trainer.splits, trainer.device
     record.run_config["method_params"] = trainer.method.params()
     free = sum(p.numel() for p in free_parameters(trainer.model))
     record.params_total = sum(p.numel() for p in trainer.model.parameters())
@@ -430,56 +512,45 @@ def train_run(
     record.resumed = trainer.resumed
     try:
         trainer.fit(run_dir, record.config_hash)
-    except Diverged as err:
-        record.status, record.reason, record.diverged_epoch = "diverged", str(err), err.epoch
-    except (RuntimeError, ValueError) as err:
-        log.exception("run failed")
-        record.status, record.reason = "failed", f"{type(err).__name__}: {err}"
-    record.epochs_run = len(trainer.history)
-    record.free_share_peak = free_share_peak(trainer.history)
-    record.steps = trainer.steps
-    record.time_per_step_s = trainer.step_time / trainer.steps if trainer.steps else None
-
-    if record.status == "ok" and trainer.best is None:
-        record.status, record.reason = "diverged", "validation metric was never finite"
-    if record.status == "ok":
-        _, best_epoch, state, best_theta = trainer.best
-        trainer.model.load_state_dict(state)
-        record.best_epoch = best_epoch
-        eval_theta = trainer.method.eval_theta(best_theta)
+    finally:
+        record.epochs_run = len(trainer.history)
+        record.free_share_peak = free_share_peak(trainer.history)
+        record.steps = trainer.steps
+        record.time_per_step_s = trainer.step_time / trainer.steps if trainer.steps else None
+    if trainer.best is None:
+        raise Diverged(len(trainer.history) - 1, "validation metric was never finite")
+    _, best_epoch, state, best_theta = trainer.best
+    trainer.model.load_state_dict(state)
+    record.best_epoch = best_epoch
+    eval_theta = trainer.method.eval_theta(best_theta)
+    set_theta(trainer.model, eval_theta)
+    bs = trainer.cfg["eval_batch_size"]
+    evaluated = exported_for_eval(trainer.model)
+    record.exported = evaluated is not trainer.model
+    for split in ("train", "val", "test"):
+        setattr(record, split, evaluate(evaluated, task, splits[split], bs, device))
+    record.tests = {
+        name: evaluate(evaluated, task, splits[name], bs, device) for name in task.test_splits[1:]
+    }
+    artifacts = task.artifacts(evaluated, splits, bs, device)
+    record.gen_gap = record.test["loss"] - record.train["loss"]
+    t_eval = time.perf_counter()
+    final = trainer.equivariance_error()
+    record.eval_time_s = time.perf_counter() - t_eval
+    _store_equivariance(record, "final", final)
+    record.equiv_dtype = final.dtype
+    if trainer.method.relaxed and best_theta > 0 and eval_theta == 0:
+        set_theta(trainer.model, best_theta)
+        unprojected = evaluate(trainer.model, task, splits["test"], bs, device)
+        record.test_metric_unprojected = unprojected[task.primary.name]
+        record.theta_unprojected = best_theta
         set_theta(trainer.model, eval_theta)
-        bs = trainer.cfg["eval_batch_size"]
-        evaluated = exported_for_eval(trainer.model)
-        record.exported = evaluated is not trainer.model
-        for split in ("train", "val", "test"):
-            setattr(record, split, evaluate(evaluated, task, splits[split], bs, device))
-        record.tests = {
-            name: evaluate(evaluated, task, splits[name], bs, device) for name in task.test_splits[1:]
-        }
-        artifacts = task.artifacts(evaluated, splits, bs, device)
-        record.gen_gap = record.test["loss"] - record.train["loss"]
-        t_eval = time.perf_counter()
-        final = trainer.equivariance_error()
-        record.eval_time_s = time.perf_counter() - t_eval
-        _store_equivariance(record, "final", final)
-        record.equiv_dtype = final.dtype
-        if trainer.method.relaxed and best_theta > 0 and eval_theta == 0:
-            set_theta(trainer.model, best_theta)
-            unprojected = evaluate(trainer.model, task, splits["test"], bs, device)
-            record.test_metric_unprojected = unprojected[task.primary.name]
-            record.theta_unprojected = best_theta
-            set_theta(trainer.model, eval_theta)
-    else:
-        artifacts = {}
-    if trainer.method.dual != "none":
-        record.dual = dual_state(trainer.model)
-    record.wall_time_s = time.perf_counter() - t_start
-    record.peak_memory_mb = _peak_memory_mb(device)
-    _publish(run_dir, record, trainer, artifacts)
-    return record
+    return artifacts
 
 
-def _publish(run_dir: Path, record: RunRecord, trainer: Trainer, artifacts: Mapping[str, bytes]) -> None:
+def _publish(
+    run_dir: Path, record: RunRecord, trainer: Trainer | None, artifacts: Mapping[str, bytes]
+) -> None:
     """Write the run's files (and the task's ``artifacts``) into a staging folder, then move them in place,
     ``record.json`` last.
 
@@ -489,7 +560,8 @@ def _publish(run_dir: Path, record: RunRecord, trainer: Trainer, artifacts: Mapp
     files = [*artifacts, "history.csv", "record.json"]
     for name, content in artifacts.items():
         atomic_write_bytes(stage / name, content)
-    atomic_write_text(stage / "history.csv", pd.DataFrame(trainer.history).to_csv(index=False))
+    history = trainer.history if trainer is not None else []
+    atomic_write_text(stage / "history.csv", pd.DataFrame(history).to_csv(index=False))
     if record.status == "ok":
         _save_torch(stage / "model.pt", trainer.model.state_dict())
         files.insert(0, "model.pt")

@@ -7,6 +7,7 @@ docs/RELIABILITY.md lists these cases with the measured behaviour.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -180,15 +182,15 @@ def test_model_keys_that_differ_only_in_case_are_refused(world, capsys):
 
 def workflow_refuses(tmp_path: Path, config_text: str | bytes, *needles: str) -> None:
     """The workflow's dry run on a config file holding ``config_text`` stops before any job with one line
-    ``relaxbench: ...`` naming ``needles``, and writes nothing into the working directory."""
+    holding all ``needles``, and writes nothing into the working directory."""
     path = tmp_path / "c.yaml"
     path.write_bytes(config_text if isinstance(config_text, bytes) else config_text.encode())
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     out = snakemake("-n", "--configfile", str(path), workdir=work, check=False)
     assert out.returncode != 0, out.stdout[-3000:]
-    lines = [line for line in out.stdout.splitlines() if "relaxbench: " in line]
-    assert len(lines) == 1 and all(n in lines[0] for n in needles), out.stdout[-3000:]
+    lines = [line for line in out.stdout.splitlines() if all(n in line for n in needles)]
+    assert len(lines) == 1, out.stdout[-3000:]
     assert [p.name for p in work.iterdir()] in ([], [".snakemake"])
     assert not any(p.is_file() for p in (work / ".snakemake").rglob("*") if "log" not in p.parts)
 
@@ -200,7 +202,312 @@ WORKFLOW_NAMES = [("name", ".."), ("name", "a/b"), ("model", "../../../../OUTSID
 @pytest.mark.parametrize("where, value", WORKFLOW_NAMES)
 def test_the_workflow_refuses_names_that_are_not_folder_names(tmp_path, where, value):
     cfg = tiny(name=value) if where == "name" else tiny(models={value: {"arch": "tfn", "tasks": ["tetris"]}})
-    workflow_refuses(tmp_path, yaml.safe_dump(cfg), "cannot be a folder name")
+    workflow_refuses(tmp_path, yaml.safe_dump(cfg), "relaxbench: ", "cannot be a folder name")
+
+
+# --- validation complete before any job ---------------------------------------------------------------
+
+
+def _set(path: str, value):
+    """A change of :func:`tiny` setting the dotted ``path`` to ``value``."""
+
+    def change(cfg):
+        *parents, last = path.split(".")
+        node = cfg
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+
+    return change
+
+
+def _text(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def _bomb(levels: int = 9, width: int = 9, mapping: bool = False) -> str:
+    """A YAML alias bomb of under 1 kB: ``width ** levels`` values once expanded."""
+    lines = [
+        "a0: &a0 "
+        + (
+            "{" + ", ".join(f"k{i}: x" for i in range(width)) + "}"
+            if mapping
+            else "[" + ", ".join(["x"] * width) + "]"
+        )
+    ]
+    for level in range(1, levels):
+        refs = [f"*a{level - 1}"] * width
+        body = (
+            "{" + ", ".join(f"k{i}: {r}" for i, r in enumerate(refs)) + "}"
+            if mapping
+            else "[" + ", ".join(refs) + "]"
+        )
+        lines.append(f"a{level}: &a{level} {body}")
+    return "\n".join(lines) + "\n" + _text(tiny())
+
+
+#: (config file content: a change of :func:`tiny` or the file's bytes / text, what the one line must say)
+BAD_INPUTS = {
+    "n_train -1": (
+        _set("tasks.tetris.n_train", -1),
+        "at 'tasks.tetris': at 'n_train': -1 is less than the minimum of 1",
+    ),
+    "n_train 0": (_set("tasks.tetris.n_train", 0), "at 'n_train': 0 is less than the minimum of 1"),
+    "n_train 'two'": (_set("tasks.tetris.n_train", "two"), "at 'n_train': 'two' is not of type 'integer'"),
+    "n_train 2.0": (_set("tasks.tetris.n_train", 2.0), "at 'n_train': 2.0 is not of type 'integer'"),
+    "n_train true": (_set("tasks.tetris.n_train", True), "at 'n_train': True is not of type 'integer'"),
+    "n_train 10**12": (
+        _set("tasks.tetris.n_train", 10**12),
+        "at 'n_train': 1000000000000 is greater than the maximum",
+    ),
+    "jitter .nan": (
+        _set("tasks.tetris.jitter", float("nan")),
+        "at 'tasks.tetris.jitter': nan is not a finite number",
+    ),
+    "task seed 2**70": (
+        _set("tasks.tetris.seed", 2**70),
+        "at 'seed': 1180591620717411303424 is greater than the maximum",
+    ),
+    "nbody frames reversed": (_set("tasks.nbody", {"frame_in": 9, "frame_out": 3}), "frame_in"),
+    "rotdigits too many": (
+        _set("tasks.rotdigits", {"n_train": 1500, "n_val": 200, "n_test": 200}),
+        "exceeds the 1797 digits",
+    ),
+    "epochs 2.0": (_set("training.epochs", 2.0), "at 'training.epochs': 2.0 is not of type 'integer'"),
+    "epochs true": (_set("training.epochs", True), "at 'training.epochs': True is not of type 'integer'"),
+    "epochs 0": (_set("training.epochs", 0), "at 'training.epochs': 0 is less than the minimum of 1"),
+    "lr .nan": (_set("training.lr", float("nan")), "at 'training.lr': nan is not a finite number"),
+    "lr .inf": (_set("training.lr", float("inf")), "at 'training.lr': inf is not a finite number"),
+    "model lr -.inf": (
+        _set("models.tfn.training", {"lr": float("-inf")}),
+        "at 'models.tfn.training.lr': -inf is not a finite",
+    ),
+    "theta_peak .nan": (
+        _set("methods.equivariant", {"theta_peak": float("nan")}),
+        "theta_peak': nan is not a finite",
+    ),
+    "seed 2**70": (
+        _set("seeds", [2**70]),
+        "at 'seeds.0': 1180591620717411303424 is greater than the maximum",
+    ),
+    "seed -1": (_set("seeds", [-1]), "at 'seeds.0': -1 is less than the minimum of 0"),
+    "seed 1.5": (_set("seeds", [1.5]), "at 'seeds.0': 1.5 is not of type 'integer'"),
+    "methods {}": (_set("methods", {}), "at 'methods': {} should be non-empty"),
+    "models {}": (_set("models", {}), "at 'models': {} should be non-empty"),
+    "duplicate key": (
+        _text(tiny()) + "seeds: [0, 1]\n",
+        "key 'seeds' given twice (first on line 2)",
+    ),
+    "duplicate nested key": (
+        _text(tiny()).replace("  epochs: 1\n", "  epochs: 1\n  epochs: 3\n"),
+        "key 'epochs' given twice",
+    ),
+    "latin-1 text": (
+        _text(tiny()).replace("name: unit", "name: unit\ndescription: résumé").encode("latin-1"),
+        "not UTF-8 text (byte 0xe9",
+    ),
+    "UTF-16 with BOM": (_text(tiny()).encode("utf-16"), "the file is UTF-16 text; save it as UTF-8"),
+    "UTF-16 without BOM": (_text(tiny()).encode("utf-16-le"), "not valid YAML"),
+    "NUL byte": (_text(tiny()).replace("unit", "un\x00it"), "not valid YAML"),
+    "alias bomb (lists)": (_bomb(), "more than 100000 values once YAML aliases are expanded"),
+    "alias bomb (mappings)": (_bomb(mapping=True), "more than 100000 values once YAML aliases are expanded"),
+    "recursive alias": ("a: &a [*a]\n" + _text(tiny()), "more than 100000 values"),
+    "2 MB file": (_text(tiny()) + "#" * 2_000_000 + "\n", "larger than 1048576 bytes"),
+    "empty file": ("", "the top level must be a mapping"),
+    "top-level list": ("- name: unit\n", "the top level must be a mapping"),
+    "truncated YAML": (_text(tiny()) + "description: [one, two", "not valid YAML"),
+    "bad indentation": ("name: unit\n models: {}\n", "not valid YAML"),
+    "python object tag": ("!!python/object/apply:os.system ['touch PWNED']\n", "not valid YAML"),
+}
+
+
+def _write_config(world: Path, content) -> str:
+    path = world / "c.yaml"
+    if callable(content):
+        cfg = tiny(tasks={"tetris": {"n_train": 1, "n_val": 1, "n_test": 1}})
+        content(cfg)
+        content = _text(cfg)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+@pytest.mark.parametrize("command", ["train", "data", "collect"])
+def test_bad_input_stops_with_one_line_before_anything_is_written(world, capsys, case, command):
+    content, message = BAD_INPUTS[case]
+    refused(world, COMMANDS[command](_write_config(world, content)), capsys, message)
+
+
+def test_a_config_that_does_not_exist_is_one_line(world, capsys):
+    refused(world, COMMANDS["train"](str(world / "nowhere.yaml")), capsys, "does not exist")
+
+
+#: (case of BAD_INPUTS, what the dry run's output says): relaxbench's one line, Snakemake's own schema check
+#: (which runs first), or Snakemake's own config loader, which stops with a traceback on text that is not UTF-8
+WORKFLOW_BAD = [
+    ("n_train -1", "relaxbench: "),
+    ("epochs 2.0", "relaxbench: "),
+    ("lr .nan", "relaxbench: "),
+    ("seed 2**70", "ValidationError: 1180591620717411303424 is greater than the maximum"),
+    ("methods {}", "ValidationError: {} should be non-empty"),
+    ("duplicate key", "relaxbench: "),
+    ("latin-1 text", "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe9"),
+    ("UTF-16 with BOM", "UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff"),
+    ("alias bomb (lists)", "relaxbench: "),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, says", WORKFLOW_BAD)
+def test_the_workflow_dry_run_refuses_bad_input(tmp_path, case, says):
+    content, message = BAD_INPUTS[case]
+    path = Path(_write_config(tmp_path, content))
+    needles = (says, message) if says == "relaxbench: " else (says,)
+    workflow_refuses(tmp_path, path.read_bytes(), *needles)
+
+
+# --- every failure visible ---------------------------------------------------------------------------
+
+
+def _train_argv(world: Path, cfg: dict) -> list[str]:
+    return COMMANDS["train"](write_yaml(world, cfg)) + ["--quiet"]
+
+
+def _run_dir(world: Path) -> Path:
+    return world / "work/results/unit/runs/tetris/tfn/equivariant/seed0"
+
+
+def test_an_error_while_building_the_model_is_a_failed_run(world, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise KeyError("no such irreps")
+
+    monkeypatch.setattr("relaxbench.train.build_model", broken)
+    monkeypatch.chdir(world / "work")
+    assert main(_train_argv(world, tiny())) == 0
+    record = read_record(_run_dir(world) / "record.json")
+    assert record.status == "failed" and record.reason == "KeyError: 'no such irreps'"
+    assert not (_run_dir(world) / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError("k"), IndexError("i"), AttributeError("a"), ZeroDivisionError("z")]
+)
+def test_any_exception_during_training_is_a_failed_run_with_its_reason(world, monkeypatch, error):
+    def broken(self, epoch):
+        raise error
+
+    monkeypatch.setattr("relaxbench.train.Trainer.train_epoch", broken)
+    monkeypatch.chdir(world / "work")
+    assert main(_train_argv(world, tiny())) == 0
+    record = read_record(_run_dir(world) / "record.json")
+    assert record.status == "failed" and record.reason == f"{type(error).__name__}: {error}"
+
+
+def test_non_finite_parameters_after_an_epoch_are_a_divergence(world, monkeypatch):
+    original = torch.optim.Adam.step
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned)
+    monkeypatch.chdir(world / "work")
+    assert main(_train_argv(world, tiny())) == 0
+    record = read_record(_run_dir(world) / "record.json")
+    assert record.status == "diverged" and "non-finite parameter" in record.reason
+    assert record.diverged_epoch == 0
+
+
+def test_a_huge_learning_rate_is_recorded_as_diverged_never_ok(world, monkeypatch):
+    monkeypatch.chdir(world / "work")
+    cfg = tiny()
+    cfg["training"].update(lr=1e30, epochs=2)
+    assert main(_train_argv(world, cfg)) == 0
+    assert read_record(_run_dir(world) / "record.json").status == "diverged"
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "label"])
+def test_non_finite_or_out_of_range_input_data_is_a_data_error(world, capsys, bad):
+    cfg = tiny()
+    config = write_yaml(world, cfg)
+    cwd = os.getcwd()
+    os.chdir(world / "work")
+    try:
+        assert main(COMMANDS["data"](config)) == 0
+    finally:
+        os.chdir(cwd)
+    (data,) = (world / "work/results/unit/data/tetris").iterdir()
+    with np.load(data / "tetris.npz") as stored:
+        arrays = dict(stored)
+    if bad == "label":
+        arrays["train_label"][0] = 99
+    else:
+        arrays["train_pos"][0, 0, 0] = float(bad)
+    np.savez(data / "tetris.npz", **arrays)
+    message = "labels outside 0..7" if bad == "label" else "non-finite values in split 'train', 'pos'"
+    refused(world, _train_argv(world, cfg), capsys, message)
+
+
+def test_a_second_training_process_of_the_same_run_is_refused(world, capsys, monkeypatch):
+    with monkeypatch.context() as m:  # the task's data first (a training job reads them, then locks its run)
+        m.chdir(world / "work")
+        assert main(COMMANDS["data"](write_yaml(world, tiny()))) == 0
+    capsys.readouterr()
+    run_dir = _run_dir(world)
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+            str(run_dir / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        refused(world, _train_argv(world, tiny()), capsys, "another relaxbench process is training this run")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    cwd = os.getcwd()
+    os.chdir(world / "work")
+    try:
+        assert main(_train_argv(world, tiny())) == 0  # the kernel released the killed holder's lock
+    finally:
+        os.chdir(cwd)
+    assert read_record(run_dir / "record.json").status == "ok"
+
+
+CORRUPT_RECORDS = {
+    "not JSON": (b"{not json", "not UTF-8 JSON"),
+    "truncated": (b'{"task": "tetris", "mod', "not UTF-8 JSON"),
+    "not UTF-8": (b'{"task": "t\xe9tris"}', "not UTF-8 JSON"),
+    "a list": (b"[1, 2]", "a JSON list, not an object"),
+    "empty": (b"", "not UTF-8 JSON"),
+    "unknown field": (b'{"surprise": 1}', "unknown field(s) ['surprise']"),
+    "missing fields": (b'{"task": "tetris"}', "missing field(s)"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT_RECORDS)
+def test_a_corrupt_record_given_to_report_is_one_line(reported, capsys, case):
+    work, argv = reported
+    content, message = CORRUPT_RECORDS[case]
+    (path,) = list((work / "results" / CONFIG_NAME / "runs/tetris/tfn/equivariant/seed0").glob("record.json"))
+    path.write_bytes(content)
+    refused(work.parent, argv, capsys, "seed0/record.json: ", message)
+
+
+def test_a_record_with_wrong_field_types_is_one_line(reported, capsys):
+    work, argv = reported
+    path = work / "results" / CONFIG_NAME / "runs/tetris/tfn/equivariant/seed0/record.json"
+    data = json.loads(path.read_text())
+    data.update(seed="zero", test={"error_rate": "low"})
+    path.write_text(json.dumps(data))
+    refused(work.parent, argv, capsys, "field(s) ['seed', 'test'] of the wrong type")
 
 
 # --- a leaderboard of what the config asks for ------------------------------------------------------------

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from relaxbench.errors import UserError
 from relaxbench.records import atomic_write_text
 from relaxbench.symmetry import GroupElement, centred
+from relaxbench.validation import first_error
 
 __all__ = ["Batch", "ClassificationTask", "Metric", "Split", "Task", "TaskError"]
 
@@ -90,6 +91,9 @@ class Task(abc.ABC):
     ]  # spec["kind"]: what a model must take and return (models declare the kinds they support)
     metrics: ClassVar[tuple[Metric, ...]]
     defaults: ClassVar[dict[str, Any]] = {}
+    #: JSON schema of each parameter (``{name: schema}``; integers are strict, numbers finite:
+    #: :mod:`relaxbench.validation`), checked before any job runs.
+    params_schema: ClassVar[dict[str, Any]] = {}
     needs_grad: ClassVar[bool] = False
     generator_version: ClassVar[str] = "1"
     #: The test splits :meth:`load_splits` returns: ``"test"`` (the primary one: the record's ``test``
@@ -108,8 +112,18 @@ class Task(abc.ABC):
             raise TaskError(
                 f"task {self.name!r}: unknown parameter(s) {unknown}; choices: {sorted(self.defaults)}"
             )
+        problem = first_error(params, {"type": "object", "properties": self.params_schema})
+        if problem:
+            raise TaskError(f"task {self.name!r}: {problem}")
         self.params = {**self.defaults, **params}
         self.data_dir = Path(data_dir)
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``params`` with the defaults filled in, or :class:`TaskError`: unknown keys, the declared
+        :attr:`params_schema` (types and ranges) and the task's own checks. Constructing a task only checks
+        and stores its parameters (it touches no file), so the config check does exactly that."""
+        return cls(params, Path(".")).params
 
     # --- data -------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -124,6 +138,25 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def spec(self) -> dict[str, Any]:
         """What a model builder needs to know (input and output sizes, number of classes, ...)."""
+
+    def checked_splits(self) -> dict[str, Split]:
+        """:meth:`load_splits`, refusing data no run should train on with :class:`TaskError` (a data error, not
+        a divergence): NaN or infinite values in any floating-point tensor, and what :meth:`check_split`
+        refuses."""
+        splits = self.load_splits()
+        for name, split in splits.items():
+            for key, tensor in split.tensors.items():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise TaskError(
+                        f"task {self.name!r}: the data in {self.data_dir} have non-finite values in split "
+                        f"{name!r}, {key!r}; fix the source files and prepare the data again"
+                    )
+            self.check_split(name, split)
+        return splits
+
+    def check_split(self, name: str, split: Split) -> None:
+        """Task-specific checks of a loaded split (:class:`TaskError`); none by default."""
+        return None
 
     def prepared(self) -> bool:
         """Whether ``prepare`` has completed for these parameters."""
@@ -202,6 +235,14 @@ class ClassificationTask(Task):
     """
 
     metrics = (Metric("error_rate", "fraction", True), Metric("accuracy", "fraction", False))
+
+    def check_split(self, name: str, split: Split) -> None:
+        labels, classes = split.tensors["label"], self.spec["num_classes"]
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            raise TaskError(
+                f"task {self.name!r}: the data in {self.data_dir} have labels outside 0..{classes - 1} in split "
+                f"{name!r}; fix the source files and prepare the data again"
+            )
 
     def loss(self, pred: Tensor, batch: Batch) -> Tensor:
         return torch.nn.functional.cross_entropy(pred, batch["label"])

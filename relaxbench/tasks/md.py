@@ -42,6 +42,7 @@ from relaxbench.records import atomic_write_npz
 from relaxbench.symmetry import GroupElement
 from relaxbench.tasks._points import rotate, sample_rotations_and_permutations
 from relaxbench.tasks.base import Batch, Metric, Split, Task, TaskError
+from relaxbench.validation import SEED
 
 __all__ = ["MAX_ATOMIC_NUMBER", "MD", "TASK", "read_md17"]
 
@@ -113,8 +114,30 @@ class MD(Task):
         "force_weight": 80.0,
         "seed": 0,
     }
+    params_schema = {
+        "path": {"type": ["string", "null"]},
+        "molecule": {"type": "string", "minLength": 1},
+        "n_frames": {"type": "integer", "minimum": 1},
+        "n_trajectories": {"type": "integer", "minimum": 1},
+        "stride": {"type": "integer", "minimum": 1},
+        "equilibration_steps": {"type": "integer", "minimum": 0},
+        "temperature_k": {"type": "number", "exclusiveMinimum": 0},
+        "timestep_fs": {"type": "number", "exclusiveMinimum": 0},
+        "friction_per_fs": {"type": "number", "minimum": 0},
+        "n_train": {"type": "integer", "minimum": 1},
+        "n_val": {"type": "integer", "minimum": 1},
+        "n_test": {"type": ["integer", "null"], "minimum": 1},
+        "energy_weight": {"type": "number", "minimum": 0},
+        "force_weight": {"type": "number", "minimum": 0},
+        "seed": SEED,
+    }
     needs_grad = True
     generator_version = "1"
+
+    def __init__(self, params, data_dir) -> None:
+        super().__init__(params, data_dir)
+        if self.params["path"] is None:
+            self._split_sizes(self.params["n_frames"])
 
     # --- data -------------------------------------------------------------------------------------
     @property

@@ -32,6 +32,7 @@ from relaxbench.symmetry import GroupElement
 from relaxbench.tasks import _nbody_sim as sim
 from relaxbench.tasks._points import rotate, sample_rotations_and_permutations
 from relaxbench.tasks.base import Batch, Metric, Split, Task, TaskError
+from relaxbench.validation import SEED
 
 __all__ = ["NBody", "REFERENCE_SIZES", "TASK", "reference_file"]
 
@@ -62,20 +63,20 @@ class NBody(Task):
         "frame_out": 40,
         "path": None,
     }
+    params_schema = {
+        **{f"n_{s}": {"type": "integer", "minimum": 1, "maximum": n} for s, n in REFERENCE_SIZES.items()},
+        "seed": SEED,
+        "frame_in": {"type": "integer", "minimum": 0},
+        "frame_out": {"type": "integer", "minimum": 1},
+        "path": {"type": ["string", "null"]},
+    }
     generator_version = "1"
 
     def __init__(self, params, data_dir) -> None:
         super().__init__(params, data_dir)
         p = self.params
-        for split in REFERENCE_SIZES:
-            n = p[f"n_{split}"]
-            if not isinstance(n, int) or not 1 <= n <= REFERENCE_SIZES[split]:
-                raise TaskError(
-                    f"task 'nbody': n_{split} must be an integer in 1..{REFERENCE_SIZES[split]} "
-                    f"(the reference set's size), got {n!r}"
-                )
         f_in, f_out = p["frame_in"], p["frame_out"]
-        if not (isinstance(f_in, int) and isinstance(f_out, int) and 0 <= f_in < f_out < sim.N_FRAMES):
+        if not f_in < f_out < sim.N_FRAMES:
             raise TaskError(
                 f"task 'nbody': need integers 0 <= frame_in < frame_out <= {sim.N_FRAMES - 1}, "
                 f"got frame_in={f_in!r}, frame_out={f_out!r}"

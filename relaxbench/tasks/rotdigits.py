@@ -21,8 +21,13 @@ from scipy.ndimage import zoom
 
 from relaxbench.tasks._images import RotatedImageTask, paste_centred, rotate_copies, stratified_take
 from relaxbench.tasks.base import TaskError
+from relaxbench.validation import SEED
 
 __all__ = ["RotDigits", "TASK"]
+
+
+#: Images in scikit-learn's digits data set.
+DIGITS = 1797
 
 
 class RotDigits(RotatedImageTask):
@@ -38,6 +43,27 @@ class RotDigits(RotatedImageTask):
         "canvas": 29,
         "seed": 0,
     }
+    params_schema = {
+        **{f"n_{s}": {"type": "integer", "minimum": 10, "maximum": DIGITS} for s in ("train", "val", "test")},
+        **{
+            f"{s}_rotations": {"type": "integer", "minimum": 1, "maximum": 64}
+            for s in ("train", "val", "test")
+        },
+        "zoom_size": {"type": "integer", "minimum": 8, "maximum": 255},
+        "canvas": {"type": "integer", "minimum": 3, "maximum": 255},
+        "seed": SEED,
+    }
+
+    def __init__(self, params, data_dir) -> None:
+        super().__init__(params, data_dir)
+        p = self.params
+        total = p["n_train"] + p["n_val"] + p["n_test"]
+        if total > DIGITS:
+            raise TaskError(f"rotdigits: n_train + n_val + n_test = {total} exceeds the {DIGITS} digits")
+        if not 8 <= p["zoom_size"] <= p["canvas"]:
+            raise TaskError(
+                f"rotdigits: zoom_size must lie in [8, canvas={p['canvas']}], got {p['zoom_size']}"
+            )
 
     def build_arrays(self):
         from sklearn.datasets import load_digits
@@ -45,13 +71,6 @@ class RotDigits(RotatedImageTask):
         p = self.params
         digits = load_digits()
         labels = digits.target.astype(np.int64)
-        total = int(p["n_train"]) + int(p["n_val"]) + int(p["n_test"])
-        if total > len(labels):
-            raise TaskError(f"rotdigits: n_train + n_val + n_test = {total} exceeds the {len(labels)} digits")
-        if not 8 <= p["zoom_size"] <= p["canvas"]:
-            raise TaskError(
-                f"rotdigits: zoom_size must lie in [8, canvas={p['canvas']}], got {p['zoom_size']}"
-            )
         factor = p["zoom_size"] / 8.0
         images = zoom(digits.images / 16.0, (1, factor, factor), order=1).clip(0.0, 1.0)
         images = paste_centred(images, p["canvas"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from relaxbench.tasks._images import RotatedImageTask, idx_rotated_arrays
 from relaxbench.tasks.base import TaskError
+from relaxbench.validation import SEED
 
 __all__ = ["RotFashionMNIST", "TASK"]
 
@@ -36,6 +37,16 @@ class RotFashionMNIST(RotatedImageTask):
         "test_rotations": 2,
         "canvas": 29,
         "seed": 0,
+    }
+    params_schema = {
+        "path": {"type": "string"},
+        **{f"n_{s}": {"type": ["integer", "null"], "minimum": 1} for s in ("train", "val", "test")},
+        **{
+            f"{s}_rotations": {"type": "integer", "minimum": 1, "maximum": 64}
+            for s in ("train", "val", "test")
+        },
+        "canvas": {"type": "integer", "minimum": 3, "maximum": 255},
+        "seed": SEED,
     }
 
     def build_arrays(self):

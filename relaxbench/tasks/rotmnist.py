@@ -24,6 +24,7 @@ import numpy as np
 
 from relaxbench.tasks._images import RotatedImageTask, idx_rotated_arrays, paste_centred
 from relaxbench.tasks.base import TaskError
+from relaxbench.validation import SEED
 
 __all__ = ["AMAT_FILES", "RotMNIST", "TASK", "read_amat"]
 
@@ -66,6 +67,17 @@ class RotMNIST(RotatedImageTask):
         "canvas": 29,
         "seed": 0,
     }
+    params_schema = {
+        "path": {"type": ["string", "null"]},
+        "source": {"enum": ["amat", "idx"]},
+        **{f"n_{s}": {"type": ["integer", "null"], "minimum": 1} for s in ("train", "val", "test")},
+        **{
+            f"{s}_rotations": {"type": ["integer", "null"], "minimum": 1, "maximum": 64}
+            for s in ("train", "val", "test")
+        },
+        "canvas": {"type": "integer", "minimum": 3, "maximum": 255},
+        "seed": SEED,
+    }
 
     def __init__(self, params, data_dir) -> None:
         super().__init__(params, data_dir)
@@ -74,8 +86,6 @@ class RotMNIST(RotatedImageTask):
             raise TaskError(
                 "rotmnist needs params.path: a folder with the MNIST-rot .amat files or MNIST IDX files"
             )
-        if p["source"] not in ("amat", "idx"):
-            raise TaskError(f"rotmnist: source must be 'amat' or 'idx', got {p['source']!r}")
         rotations = [k for k in ("train_rotations", "val_rotations", "test_rotations") if p[k] is not None]
         if p["source"] == "amat" and rotations:
             raise TaskError(

@@ -41,6 +41,7 @@ from relaxbench.records import atomic_write_bytes
 from relaxbench.tasks._points import rotate, sample_rotations_and_permutations
 from relaxbench.tasks._shapes_gen import CLASSES, generate_split
 from relaxbench.tasks.base import ClassificationTask, Split, TaskError
+from relaxbench.validation import SEED
 
 __all__ = ["MODELNET40_DIR", "Shapes", "TASK", "read_h5", "write_h5"]
 
@@ -99,17 +100,20 @@ class Shapes(ClassificationTask):
         "val_fraction": 0.1,
         "seed": 0,
     }
+    params_schema = {
+        "dataset": {"enum": ["synthetic", "modelnet40"]},
+        "path": {"type": ["string", "null"]},
+        "n_points": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        **{f"n_{s}_per_class": {"type": "integer", "minimum": 1, "maximum": 100_000} for s in SPLITS},
+        "jitter": {"type": "number", "minimum": 0},
+        "val_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "seed": SEED,
+    }
     generator_version = "1"
 
     def __init__(self, params, data_dir) -> None:
         super().__init__(params, data_dir)
         p = self.params
-        if p["dataset"] not in ("synthetic", "modelnet40"):
-            raise TaskError(
-                f"task 'shapes': dataset must be 'synthetic' or 'modelnet40', got {p['dataset']!r}"
-            )
-        if not isinstance(p["n_points"], int) or p["n_points"] < 1:
-            raise TaskError(f"task 'shapes': n_points must be a positive integer, got {p['n_points']!r}")
         if p["dataset"] == "modelnet40":
             if p["path"] is None:
                 raise TaskError(
@@ -120,14 +124,6 @@ class Shapes(ClassificationTask):
                     f"task 'shapes': ModelNet40 has {MODELNET40_POINTS} points per shape, "
                     f"n_points={p['n_points']} asked"
                 )
-            if not 0 < p["val_fraction"] < 1:
-                raise TaskError(f"task 'shapes': val_fraction must be in (0, 1), got {p['val_fraction']!r}")
-        if not p["jitter"] >= 0:
-            raise TaskError(f"task 'shapes': jitter must be >= 0, got {p['jitter']!r}")
-        for split in SPLITS:
-            n = p[f"n_{split}_per_class"]
-            if not isinstance(n, int) or n < 1:
-                raise TaskError(f"task 'shapes': n_{split}_per_class must be a positive integer, got {n!r}")
 
     # --- data -------------------------------------------------------------------------------------
     def prepare(self) -> None:

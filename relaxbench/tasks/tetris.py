@@ -15,6 +15,7 @@ from relaxbench.records import atomic_write_npz
 from relaxbench.symmetry import random_rotation_matrices
 from relaxbench.tasks._points import rotate, sample_rotations_and_permutations
 from relaxbench.tasks.base import ClassificationTask, Split
+from relaxbench.validation import SEED
 
 __all__ = ["SHAPES", "TASK", "Tetris"]
 
@@ -38,6 +39,11 @@ class Tetris(ClassificationTask):
     kind = "point_classification"
     frame = "pca"
     defaults = {"n_train": 8, "n_val": 16, "n_test": 32, "jitter": 0.0, "seed": 0}
+    params_schema = {
+        **{f"n_{s}": {"type": "integer", "minimum": 1, "maximum": 100_000} for s in ("train", "val", "test")},
+        "jitter": {"type": "number", "minimum": 0},
+        "seed": SEED,
+    }
 
     def prepare(self) -> None:
         p = self.params

@@ -90,7 +90,7 @@ def test_task_prepares_and_loads_splits(tmp_path):
     "params, message",
     [
         ({"colour": 1}, "unknown parameter"),
-        ({"dataset": "shapenet"}, "dataset must be"),
+        ({"dataset": "shapenet"}, "at 'dataset': 'shapenet' is not one of"),
         ({"dataset": "modelnet40"}, "needs 'path'"),
         ({"n_points": 0}, "n_points"),
         ({"n_val_per_class": 0}, "n_val_per_class"),
