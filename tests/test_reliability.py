@@ -7,6 +7,7 @@ docs/RELIABILITY.md lists these cases with the measured behaviour.
 """
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -364,6 +365,126 @@ def test_the_workflow_dry_run_refuses_bad_input(tmp_path, case, says):
     path = Path(_write_config(tmp_path, content))
     needles = (says, message) if says == "relaxbench: " else (says,)
     workflow_refuses(tmp_path, path.read_bytes(), *needles)
+
+
+# --- real-data files that are malformed ---------------------------------------------------------------------
+
+
+def _nbody_files(folder: Path, spoil) -> dict:
+    """Reference-layout N-body files (2 trajectories, 5 frames per split), ``spoil(name, bytes) -> bytes``."""
+    from relaxbench.tasks.nbody import REFERENCE_SIZES, reference_file
+
+    for split in REFERENCE_SIZES:
+        for key, shape in (("loc", (2, 5, 3, 5)), ("vel", (2, 5, 3, 5)), ("charges", (2, 5, 1))):
+            path = reference_file(folder, key, split)
+            buffer = io.BytesIO()
+            np.save(buffer, np.ones(shape))
+            path.write_bytes(spoil(path.name, buffer.getvalue()))
+    return {
+        "nbody": {"path": str(folder), "n_train": 2, "n_val": 2, "n_test": 2, "frame_in": 0, "frame_out": 3}
+    }
+
+
+def _md_file(folder: Path, spoil) -> dict:
+    buffer = io.BytesIO()
+    np.savez(buffer, z=np.array([1, 8]), R=np.ones((4, 2, 3)), E=np.ones(4), F=np.ones((4, 2, 3)))
+    (folder / "md17_x.npz").write_bytes(spoil("md17_x.npz", buffer.getvalue()))
+    return {"md": {"path": str(folder / "md17_x.npz"), "n_train": 2, "n_val": 1, "n_test": 1}}
+
+
+def _amat_files(folder: Path, spoil) -> dict:
+    from relaxbench.tasks.rotmnist import AMAT_FILES
+
+    for name, rows in ((AMAT_FILES["train_valid"], 12), (AMAT_FILES["test"], 3)):
+        text = "\n".join(" ".join(["0.5"] * 784 + [str(i % 10)]) for i in range(rows)) + "\n"
+        (folder / name).write_bytes(spoil(name, text.encode()))
+    return {"rotmnist": {"path": str(folder), "n_train": 10, "n_val": 2}}
+
+
+def _h5_files(folder: Path, spoil) -> dict:
+    from relaxbench.tasks.shapes import write_h5
+
+    for name in ("ply_data_train0.h5", "ply_data_test0.h5"):
+        write_h5(folder / name, np.ones((3, 8, 3)), np.zeros(3))
+        (folder / name).write_bytes(spoil(name, (folder / name).read_bytes()))
+    return {"shapes": {"dataset": "modelnet40", "path": str(folder), "n_points": 8}}
+
+
+def _only(target: str, change):
+    return lambda name, data: change(data) if name.startswith(target) else data
+
+
+def _nan_npy(data: bytes) -> bytes:
+    array = np.load(io.BytesIO(data))
+    array.flat[0] = np.nan
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _nan_npz(data: bytes) -> bytes:
+    arrays = dict(np.load(io.BytesIO(data)))
+    arrays["F"][0, 0, 0] = np.inf
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+#: (writer of the user's files, which file and how it is spoiled, what the one line says)
+MALFORMED = {
+    "empty .npy": (_nbody_files, _only("loc_train", lambda d: b""), "loc_train_charged5_initvel1small.npy"),
+    "truncated .npy": (_nbody_files, _only("vel_valid", lambda d: d[: len(d) // 2]), "vel_valid_charged5"),
+    "header-only .npy": (_nbody_files, _only("charges_test", lambda d: d[:20]), "charges_test_charged5"),
+    "NaN in .npy": (_nbody_files, _only("loc_test", _nan_npy), "holds NaN or infinite values"),
+    "empty .npz": (_md_file, lambda n, d: b"", "md17_x.npz as an npz file"),
+    "truncated .npz": (_md_file, lambda n, d: d[: len(d) // 2], "md17_x.npz as an npz file"),
+    "inf in .npz": (
+        _md_file,
+        lambda n, d: _nan_npz(d),
+        "holds NaN or infinite positions, energies or forces",
+    ),
+    "empty .amat": (
+        _amat_files,
+        _only("mnist_all_rotation_normalized_float_test", lambda d: b""),
+        "columns per row",
+    ),
+    "truncated .amat": (
+        _amat_files,
+        _only("mnist_all_rotation_normalized_float_train", lambda d: d[:-100]),
+        "not a numeric .amat file",
+    ),
+    "label 12 in .amat": (
+        _amat_files,
+        _only("mnist_all_rotation_normalized_float_test", lambda d: d.replace(b" 1\n", b" 12\n", 1)),
+        "labels outside the integers 0..9",
+    ),
+    "NaN in .amat": (
+        _amat_files,
+        _only("mnist_all_rotation_normalized_float_test", lambda d: d.replace(b"0.5", b"nan", 1)),
+        "holds NaN or infinite values",
+    ),
+    "empty .h5": (
+        _h5_files,
+        _only("ply_data_test0", lambda d: b""),
+        "ply_data_test0.h5: not a ModelNet40-style HDF5 file",
+    ),
+    "truncated .h5": (
+        _h5_files,
+        _only("ply_data_train0", lambda d: d[: len(d) // 2]),
+        "ply_data_train0.h5: not a ModelNet40-style HDF5 file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_data_file_is_one_line_naming_it_and_nothing_is_written(world, capsys, case):
+    write, spoil, message = MALFORMED[case]
+    folder = world / "user-data"
+    folder.mkdir()
+    tasks = write(folder, spoil)
+    (task,) = tasks
+    cfg = tiny(tasks=tasks, models={"tfn": {"tasks": [task]}})
+    refused(world, ["data", "--config", write_yaml(world, cfg), "--task", task], capsys, message)
 
 
 # --- every failure visible ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import gzip
 import math
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,11 @@ def read_idx(directory: str | Path, stem: str, cache: Path) -> np.ndarray:
     if not plain.is_file() and packed.is_file():
         plain = cache / stem
         if not plain.is_file():
-            atomic_write_bytes(plain, gzip.decompress(packed.read_bytes()))
+            try:
+                content = gzip.decompress(packed.read_bytes())
+            except (OSError, EOFError, zlib.error) as err:
+                raise TaskError(f"{packed} is not a valid gzip file ({err or type(err).__name__})") from None
+            atomic_write_bytes(plain, content)
     if not plain.is_file():
         raise TaskError(f"IDX file {stem}[.gz] not found in {str(directory)!r}")
     try:
@@ -158,6 +163,8 @@ def idx_rotated_arrays(
     for part in ("train", "t10k"):
         images = read_idx(directory, f"{part}-images-idx3-ubyte", cache)
         labels = read_idx(directory, f"{part}-labels-idx1-ubyte", cache).astype(np.int64)
+        if len(labels) and labels.max() > 9:
+            raise TaskError(f"{part}-labels-idx1-ubyte in {str(directory)!r} has labels outside 0..9")
         if images.ndim != 3 or len(images) != len(labels):
             raise TaskError(
                 f"{part} IDX files in {str(directory)!r} disagree: images {images.shape}, labels {labels.shape}"

@@ -30,6 +30,7 @@ energy is invariant, the forces rotate and permute with the atoms and ignore tra
 from __future__ import annotations
 
 import json
+import zipfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,16 @@ def read_md17(path: str | Path) -> dict[str, np.ndarray]:
                     f"rMD17 ({' '.join(_LAYOUTS['rMD17'])})"
                 )
             z, r, e, f = (np.asarray(data[k]) for k in _LAYOUTS[layout])
-    except (OSError, ValueError) as err:
-        raise TaskError(f"md: cannot read {path} as an npz file ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise TaskError(f"md: cannot read {path} as an npz file ({err or type(err).__name__})") from None
     z, e = z.astype(np.int64).reshape(-1), e.astype(np.float64).reshape(-1)
     n, atoms = len(e), len(z)
     if r.shape != (n, atoms, 3) or f.shape != (n, atoms, 3):
         raise TaskError(
             f"md: {path} ({layout}) has inconsistent shapes: z {z.shape}, R {r.shape}, E {e.shape}, F {f.shape}"
         )
+    if not all(np.isfinite(a).all() for a in (r, e, f)):
+        raise TaskError(f"md: {path} holds NaN or infinite positions, energies or forces")
     if z.min() < 1 or z.max() > MAX_ATOMIC_NUMBER:
         raise TaskError(f"md: {path} has atomic numbers outside 1..{MAX_ATOMIC_NUMBER}: {sorted(set(z))}")
     return {"z": z, "R": r.astype(np.float64), "E": e, "F": f.astype(np.float64)}

@@ -112,8 +112,10 @@ class NBody(Task):
                 file = reference_file(folder, key, split)
                 try:
                     arrays[key] = np.load(file, mmap_mode="r", allow_pickle=False)
-                except (OSError, ValueError) as err:
-                    raise TaskError(f"task 'nbody': cannot read {file} ({err})") from None
+                except (OSError, ValueError, EOFError) as err:
+                    raise TaskError(
+                        f"task 'nbody': cannot read {file} ({err or type(err).__name__})"
+                    ) from None
             loc, vel, charges = arrays["loc"], arrays["vel"], arrays["charges"]
             for key, arr in (("loc", loc), ("vel", vel)):
                 if arr.ndim != 4 or arr.shape[2:] != (3, n_particles) or arr.shape[1] <= p["frame_out"]:
@@ -130,6 +132,11 @@ class NBody(Task):
                 raise TaskError(
                     f"task 'nbody': n_{split}={n} but {folder} holds only {loc.shape[0]} trajectories"
                 )
+            for key, arr in (("loc", loc), ("vel", vel), ("charges", charges)):
+                if not np.isfinite(arr[:n]).all():
+                    raise TaskError(
+                        f"task 'nbody': {reference_file(folder, key, split)} holds NaN or infinite values"
+                    )
             out[split] = tuple(
                 np.array(a, dtype=np.float64)
                 for a in (

@@ -49,7 +49,12 @@ def read_amat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise TaskError(
             f"rotmnist: {path} has {rows.shape[1]} columns per row, expected 784 pixels + 1 label"
         )
-    return rows[:, :784].reshape(-1, 28, 28).astype(np.float32), rows[:, 784].astype(np.int64)
+    labels = rows[:, 784]
+    if not np.isfinite(rows).all():
+        raise TaskError(f"rotmnist: {path} holds NaN or infinite values")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9 or (labels != np.round(labels)).any()):
+        raise TaskError(f"rotmnist: {path} has labels outside the integers 0..9")
+    return rows[:, :784].reshape(-1, 28, 28).astype(np.float32), labels.astype(np.int64)
 
 
 class RotMNIST(RotatedImageTask):

@@ -66,7 +66,7 @@ def read_h5(path: Path, n_points: int | None = None) -> tuple[np.ndarray, np.nda
         with h5py.File(path, "r") as f:
             data = f["data"][:, :n_points] if n_points is not None else f["data"][()]
             label = f["label"][()]
-    except (OSError, KeyError) as err:
+    except (OSError, KeyError, ValueError, TypeError) as err:
         raise TaskError(
             f"{path}: not a ModelNet40-style HDF5 file with datasets 'data' and 'label' ({err})"
         ) from err
@@ -74,6 +74,8 @@ def read_h5(path: Path, n_points: int | None = None) -> tuple[np.ndarray, np.nda
         raise TaskError(
             f"{path}: expected data (N, P, 3) and label (N, 1), got {data.shape} and {label.shape}"
         )
+    if not np.isfinite(data).all():
+        raise TaskError(f"{path}: the point clouds hold NaN or infinite values")
     return data.astype(np.float32), label.reshape(-1).astype(np.int64)
 
 
