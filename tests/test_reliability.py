@@ -294,6 +294,10 @@ BAD_INPUTS = {
     "seed -1": (_set("seeds", [-1]), "at 'seeds.0': -1 is less than the minimum of 0"),
     "seed 1.5": (_set("seeds", [1.5]), "at 'seeds.0': 1.5 is not of type 'integer'"),
     "methods {}": (_set("methods", {}), "at 'methods': {} should be non-empty"),
+    "egnn on rotdigits": (
+        _set("models", {"egnn": {"tasks": ["rotdigits"]}}),
+        "does not support task 'rotdigits'",
+    ),
     "models {}": (_set("models", {}), "at 'models': {} should be non-empty"),
     "duplicate key": (
         _text(tiny()) + "seeds: [0, 1]\n",
@@ -483,7 +487,8 @@ def test_a_malformed_data_file_is_one_line_naming_it_and_nothing_is_written(worl
     folder.mkdir()
     tasks = write(folder, spoil)
     (task,) = tasks
-    cfg = tiny(tasks=tasks, models={"tfn": {"tasks": [task]}})
+    model = {"nbody": "egnn", "md": "se3_transformer", "rotmnist": "cnn", "shapes": "tfn"}[task]
+    cfg = tiny(tasks=tasks, models={model: {"tasks": [task]}})
     refused(world, ["data", "--config", write_yaml(world, cfg), "--task", task], capsys, message)
 
 
