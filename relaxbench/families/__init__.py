@@ -20,6 +20,9 @@ family (module)                             ``relax`` takes
 this module                                 anything else: ``relax(module, relaxed, free=..., action=...)``
 ==========================================  ========================================================================
 
+:mod:`~relaxbench.families.rsteer` (Wang et al.'s relaxed steerable convolution on escnn fields) and
+:mod:`~relaxbench.families.scale` (scale-steerable convolutions, the scale relaxation) hold the smoke-plume
+models' layers, :mod:`~relaxbench.families.plume` their shared stacks.
 :mod:`~relaxbench.families.so3` derives every so(3) generator the families use; :mod:`~relaxbench.families.blocks`
 holds the shared blocks that belong to no family (``fully_connected_edges``, ``invariant_head``, a plain CNN).
 Models import from here and from torch / e3nn / escnn only (never from a sibling model). The trainer drives

@@ -1,6 +1,6 @@
 """``conv``: the plain CNN forecaster of smoke plumes (the Conv baseline of Wang et al.), no symmetry.
 
-``frames [B, T_in, 2, H, W]`` -> :class:`~relaxbench.models._plume.PlumeCNN` (``layers`` convolutions
+``frames [B, T_in, 2, H, W]`` -> :class:`~relaxbench.families.plume.PlumeCNN` (``layers`` convolutions
 ``kernel_size``, batch norm and ReLU between them) -> the next velocity field ``[B, 2, H, W]``. The same model for
 both symmetries of the plume task.
 
@@ -13,8 +13,8 @@ relax: methods ``equivariant`` (plain training) and ``unconstrained``.
 
 from __future__ import annotations
 
-from relaxbench.models import _plume
-from relaxbench.models._plume import PlumeCNN, RelaxOptions
+from relaxbench.families import plume as _plume
+from relaxbench.families.plume import PlumeCNN, RelaxOptions
 
 __all__ = ["FAMILY", "TASK_KINDS", "build", "build_unconstrained"]
 

@@ -1,6 +1,6 @@
 """``equiv``: the equivariant forecaster of smoke plumes (Equiv row of Wang et al.'s Table 2), C4 or scale.
 
-Rotation spec (see :mod:`relaxbench.models._plume`): ``frames [B, T_in, 2, H, W]`` as ``T_in`` x ``irrep(1)``
+Rotation spec (see :mod:`relaxbench.families.plume`): ``frames [B, T_in, 2, H, W]`` as ``T_in`` x ``irrep(1)``
 fields of ``rot2dOnR2(4)`` -> ``layers`` escnn ``R2Conv`` (``kernel_size``, zero "same" padding, escnn's
 equivariant bias): ``T_in irrep(1) -> hidden regular -> ... -> hidden regular -> 1 irrep(1)``, each but the last
 followed by ``InnerBatchNorm`` (if ``batch_norm``) and ReLU. Returns the next velocity field ``[B, 2, H, W]``,
@@ -8,11 +8,11 @@ exactly C4-equivariant on a square grid (up to escnn's float32 kernel basis). Re
 paper's method): every ``R2Conv`` becomes a :class:`~relaxbench.families.fields.RelaxedR2Conv` (a free bias-free
 ``Conv2d`` over all channels beside it, scaled by theta; Lie penalty with the 90-degree rotation).
 
-Scale spec: the scale-steerable CNN (:mod:`relaxbench.models._scale`; SESN's Hermite-Gaussian basis on
+Scale spec: the scale-steerable CNN (:mod:`relaxbench.families.scale`; SESN's Hermite-Gaussian basis on
 ``scales``, ``effective_size`` orders per axis): ``2 T_in`` channels lifted to ``hidden`` channels per scale,
 ``layers - 2`` scale convolutions, one to 2 channels, ReLU between them, mean over the scales. Approximately
 scale-equivariant (no pixel grid is exactly). Relaxed: the paper's free ``Conv2d`` beside the first (lifting)
-layer only, as published (:class:`~relaxbench.models._scale.RelaxedScaleLift`).
+layer only, as published (:class:`~relaxbench.families.scale.RelaxedScaleLift`).
 
 The method ``rpp`` (free branches always on, L2 on them) is the RPP baseline of Wang et al.; ``unconstrained``
 builds :func:`build_unconstrained`.
@@ -29,8 +29,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from relaxbench.models import _plume
-from relaxbench.models._plume import RelaxOptions
+from relaxbench.families import plume as _plume
+from relaxbench.families.plume import RelaxOptions
 
 __all__ = ["FAMILY", "TASK_KINDS", "build", "build_unconstrained"]
 
@@ -61,6 +61,6 @@ def build(
 
 
 def build_unconstrained(spec: dict, **params) -> nn.Module:
-    """A plain CNN (:class:`~relaxbench.models._plume.PlumeCNN`) of the same depth and kernel whose parameter
+    """A plain CNN (:class:`~relaxbench.families.plume.PlumeCNN`) of the same depth and kernel whose parameter
     count is closest to this model's."""
     return _plume.matched_cnn(spec, build(spec, **params))

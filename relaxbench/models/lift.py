@@ -1,6 +1,6 @@
 """``lift``: an equivariant backbone with a non-equivariant encoder of the input (the Lift baseline of Wang et al.).
 
-An MLP encoder of the whole input window (:func:`~relaxbench.models._plume.input_encoder`: ``Linear(2 T_in H W
+An MLP encoder of the whole input window (:func:`~relaxbench.families.plume.input_encoder`: ``Linear(2 T_in H W
 -> encoder_hidden) -> BatchNorm1d -> ReLU -> Linear -> BatchNorm1d -> ReLU -> Linear``) gives spatially constant
 extra features that join the backbone's after its second convolution, before the remaining ``layers - 2``. The
 encoder is not equivariant, so neither is the model: it can learn the symmetry breaking of the data (Wang et
@@ -28,8 +28,8 @@ import torch
 from escnn import nn as enn
 from torch import Tensor, nn
 
-from relaxbench.models import _plume
-from relaxbench.models._plume import RelaxOptions
+from relaxbench.families import plume as _plume
+from relaxbench.families.plume import RelaxOptions
 
 __all__ = ["FAMILY", "TASK_KINDS", "LiftNet", "build", "build_unconstrained"]
 

@@ -1,8 +1,8 @@
 """``rsteer``: the relaxed steerable CNN forecaster of smoke plumes (RSteer, Wang, Walters and Yu 2022).
 
 The ``equiv`` network (C4 or scale, by the spec's symmetry) with coefficients of the steerable basis that may
-differ at each kernel position: :class:`~relaxbench.models._rsteer.RSteerConv` for C4, per-position
-:class:`~relaxbench.models._scale.ScaleConv` for scale. The architecture's own prior, ``alpha * sum_layers
+differ at each kernel position: :class:`~relaxbench.families.rsteer.RSteerConv` for C4, per-position
+:class:`~relaxbench.families.scale.ScaleConv` for scale. The architecture's own prior, ``alpha * sum_layers
 smoothness`` (mean absolute difference of coefficients at neighbouring kernel positions), is added to the
 training loss under every method (:class:`relaxbench.relax.WeightPrior`). With tied coefficients
 (:meth:`RSteerNet.tie_`, or at initialisation) the network is exactly the ``equiv`` network; ``alpha ->
@@ -20,7 +20,7 @@ rotation only: the published RSteer has none), ``scales`` and ``effective_size``
 
 Published differences (on purpose): the smoothness term enters the loss as ``alpha * sum`` on every device (the
 published script squares it through an ``MSELoss`` against 0 and skips it without CUDA); neighbours are grid
-neighbours; the C4 layer's bias is equivariant; see :mod:`relaxbench.models._rsteer`.
+neighbours; the C4 layer's bias is equivariant; see :mod:`relaxbench.families.rsteer`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from relaxbench.models import _plume
-from relaxbench.models._plume import RelaxOptions
-from relaxbench.models._rsteer import RSteerConv
-from relaxbench.models._scale import ScaleConv
+from relaxbench.families import plume as _plume
+from relaxbench.families.plume import RelaxOptions
+from relaxbench.families.rsteer import RSteerConv
+from relaxbench.families.scale import ScaleConv
 from relaxbench.relax import WeightPrior
 
 __all__ = ["ALPHA", "FAMILY", "TASK_KINDS", "RSteerNet", "build", "build_unconstrained"]

@@ -14,11 +14,12 @@ import torch
 from escnn import gspaces
 from escnn import nn as enn
 
+from relaxbench.families import plume as _plume
 from relaxbench.families.fields import RelaxedR2Conv
+from relaxbench.families.rsteer import RSteerConv
+from relaxbench.families.scale import RelaxedScaleLift, ScaleConv, downscale, scale_pairs
 from relaxbench.methods import get_method, regulariser
-from relaxbench.models import _plume, conv, equiv, lift, rsteer
-from relaxbench.models._rsteer import RSteerConv
-from relaxbench.models._scale import RelaxedScaleLift, ScaleConv, downscale, scale_pairs
+from relaxbench.models import conv, equiv, lift, rsteer
 from relaxbench.relax import prior_penalty, relaxation_penalty, relaxed_layers, set_theta
 from relaxbench.symmetry import GroupElement, equivariance_error
 

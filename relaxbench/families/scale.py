@@ -19,7 +19,7 @@ and zero-padded to ``k x k``; every function is divided by its norm at the small
 
 Kernels are ``sum_f w[o, i, f] psi_f(sigma)``; with ``per_position=True`` the coefficients may differ at every
 kernel position (``w[o, i, f, p]``: the relaxed scale-steerable convolution of Wang et al.), and
-:func:`~relaxbench.models._rsteer.position_smoothness` measures how far they are from tied.
+:func:`~relaxbench.families.rsteer.position_smoothness` measures how far they are from tied.
 
 **Equivariance (approximate).** Downscaling an input by 2 (``D``, 2x2 average pooling) maps the chain of
 channels at scale ``sigma`` onto the chain at ``2 sigma``: ``f_sigma(D x) ~ D f_{2 sigma}(x)`` when both scales
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from relaxbench.families import RelaxedLayer, make_finite_action
-from relaxbench.models._rsteer import position_smoothness
+from relaxbench.families.rsteer import position_smoothness
 
 __all__ = ["RelaxedScaleLift", "ScaleConv", "downscale", "hermite_gaussian_basis", "scale_pairs"]
 

@@ -22,7 +22,7 @@ from escnn import nn as enn
 from torch import Tensor, nn
 
 from relaxbench.families import fields
-from relaxbench.models._scale import RelaxedScaleLift, ScaleConv
+from relaxbench.families.scale import RelaxedScaleLift, ScaleConv
 
 __all__ = [
     "KERNEL_SIZE",
@@ -152,7 +152,7 @@ class RelaxOptions:
     """Whether and how a plume model's convolutions are relaxed (the paper's free ``Conv2d`` beside them): every
     C4 convolution of a steerable stack (:meth:`wrap`: :class:`~relaxbench.families.fields.RelaxedR2Conv`, the
     90-degree rotation as penalty generator), or the first layer of a scale network
-    (:class:`~relaxbench.models._scale.RelaxedScaleLift`).
+    (:class:`~relaxbench.families.scale.RelaxedScaleLift`).
 
     Attributes:
         relaxed: build the relaxed layers (``False``: the plain convolutions themselves).
@@ -249,7 +249,7 @@ def input_encoder(in_features: int, hidden: int, out_features: int) -> nn.Sequen
 
 class ScaleNet(nn.Module):
     """A scale-steerable forecaster: ``frames [B, T, 2, H, W]`` (``2 T`` channels) -> ``convs[0]`` (a lifting
-    :class:`~relaxbench.models._scale.ScaleConv`, possibly relaxed) -> ReLU -> ... -> ``convs[-1]`` (to 2
+    :class:`~relaxbench.families.scale.ScaleConv`, possibly relaxed) -> ReLU -> ... -> ``convs[-1]`` (to 2
     channels) -> mean over the scale axis -> ``[B, 2, H, W]``.
 
     With an ``encoder`` (the Lift model), its output on the flattened window joins as extra channels, constant
