@@ -212,9 +212,9 @@ def test_dry_run_of_the_evidence_config(tmp_path):
     assert len(runs) == 150 and {r.seed for r in runs} == set(range(10))
     assert {r.folder for r in runs if r.task == "nbody"} == {
         "egnn",
-        "egnn@nbody.n_train=100",
+        "egnn+nbody.n_train=100",
         "segnn",
-        "segnn@params.layers=4",
+        "segnn+params.layers=4",
     }
 
 
