@@ -310,7 +310,8 @@ def _check_sweeps(cfg: Mapping[str, Any], key: str, source: str) -> None:
 
 def check_method_pairs(cfg: Mapping[str, Any], key: str, where: str) -> None:
     """Raise :class:`ConfigError` if model entry ``key`` runs a method that does not apply to its family (the
-    method's ``families``) or, for ``symmetrised``, to one of its tasks (a task without a frame, ``Task.frame``),
+    method's ``families``), a relaxed method on a model without equivariant layers (``RELAXABLE = False``), or, for
+    ``symmetrised``, to one of its tasks (a task without a frame, ``Task.frame``),
     naming the pair and the reason."""
     model = cfg["models"][key]
     family = None
@@ -323,6 +324,13 @@ def check_method_pairs(cfg: Mapping[str, Any], key: str, where: str) -> None:
                         f"{where}.methods: method {method!r} does not apply to task {task!r}: the task declares no "
                         "frame to average over (Task.frame); drop it from this model's 'methods'"
                     )
+        if declared.variant == "relaxed" and not registry.relaxable(model["arch"], model.get("family")):
+            raise ConfigError(
+                f"{where}.methods: method {method!r} trains a relaxed model, and model {key!r} has no equivariant "
+                "layer to relax (its module declares RELAXABLE = False); it takes the methods "
+                f"{[m for m in sorted(cfg['methods']) if get_method(m).variant != 'relaxed']}; drop it from this "
+                "model's 'methods'"
+            )
         if declared.families is None:
             continue
         family = family or registry.model_family(model["arch"], model.get("family"))

@@ -189,6 +189,22 @@ def task_kinds(arch: str, family: str | None = None) -> dict[str, str] | None:
     return getattr(sys.modules.get(build.__module__), "TASK_KINDS", None)
 
 
+def relaxable(arch: str, family: str | None = None) -> bool:
+    """Whether a model has equivariant layers to relax (its module's ``RELAXABLE``, default ``True``): the config
+    check refuses the ``relaxed`` methods on a model that declares ``RELAXABLE = False`` (a plain CNN), before
+    any job starts. Read from a built-in model's source when it is a literal, like :func:`task_kinds`."""
+    if arch in model_names():
+        module = f"relaxbench.models.{arch}"
+        read = _source_literal(module, "RELAXABLE")
+        tree = _module_tree(module)
+        bound = tree is not None and any(_binds(node, "RELAXABLE") for node in _module_scope(tree.body))
+        if read is None and bound:  # bound, but not by a literal
+            read = getattr(importlib.import_module(module), "RELAXABLE", True)
+        return True if read is None else bool(read)
+    build = get_model(arch, family).build
+    return bool(getattr(sys.modules.get(build.__module__), "RELAXABLE", True))
+
+
 @cache
 def _module_tree(module: str) -> ast.Module | None:
     """The parsed source of an importable module (without importing it), or ``None`` without source."""

@@ -110,6 +110,18 @@ BAD = [
     (lambda c: c["methods"].update(symmetrised={"families": ["gnn"]}), "unknown key(s) ['families']"),
     (
         lambda c: (
+            c["methods"].update(dual_ascent={}),
+            c["models"].update(cnn={"tasks": ["rotdigits"], "methods": ["equivariant", "dual_ascent"]}),
+        ),
+        "at 'models.cnn'.methods: method 'dual_ascent' trains a relaxed model, and model 'cnn' has no "
+        "equivariant layer to relax",
+    ),
+    (
+        lambda c: c["models"].update(conv={"tasks": ["plume"], "methods": ["relaxed"]}),
+        "method 'relaxed' trains a relaxed model, and model 'conv' has no equivariant layer to relax",
+    ),
+    (
+        lambda c: (
             c["methods"].update(symmetrised={}),
             c["tasks"].update(plume={"symmetry": "scale"}),
             c["models"].update(equiv={"tasks": ["plume"], "methods": ["symmetrised"]}),

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 
 from relaxbench.families.blocks import CNN
 
-__all__ = ["FAMILY", "TASK_KINDS", "build", "build_unconstrained"]
+__all__ = ["FAMILY", "RELAXABLE", "TASK_KINDS", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
 #: task kinds this model supports -> the group it respects on them
 TASK_KINDS = {"image_classification": "none"}
+#: no equivariant layer to relax: the config check refuses the ``relaxed`` methods on this model
+RELAXABLE = False
 
 
 def build(

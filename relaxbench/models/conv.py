@@ -16,11 +16,13 @@ from __future__ import annotations
 from relaxbench.families import plume as _plume
 from relaxbench.families.plume import PlumeCNN, RelaxOptions
 
-__all__ = ["FAMILY", "TASK_KINDS", "build", "build_unconstrained"]
+__all__ = ["FAMILY", "RELAXABLE", "TASK_KINDS", "build", "build_unconstrained"]
 
 FAMILY = "steerable_cnn"
 #: task kinds this model supports -> the group it respects on them
 TASK_KINDS = {"plume": "none"}
+#: no equivariant layer to relax: the config check refuses the ``relaxed`` methods on this model
+RELAXABLE = False
 
 
 def build(

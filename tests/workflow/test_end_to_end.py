@@ -29,6 +29,9 @@ def test_smoke_config_runs_to_the_html_report(tmp_path):
         assert (tmp_path / run.path("smoke") / "record.json").exists()
     leaderboard = pd.read_csv(tmp_path / "results/smoke/leaderboard.csv")
     assert len(leaderboard) == len(runs)
+    assert set(leaderboard["status"]) == {"ok"}, leaderboard.loc[
+        leaderboard["status"] != "ok", ["task", "model", "method", "seed", "reason"]
+    ]
     assert (tmp_path / "reports/smoke/index.html").stat().st_size > 0
     assert '<section id="plume">' in (tmp_path / "reports/smoke/index.html").read_text()  # Table 2
     out = snakemake("-n", "--configfile", "configs/smoke.yaml", workdir=tmp_path)
