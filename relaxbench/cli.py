@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_cluster_check,
         "before submitting to SLURM: say which job requests no node can satisfy, and whether job states and "
         "accounts will work (exit 2 when a job could never start)",
+        results=False,
     )
     p.add_argument("--config", required=True)
     p.add_argument(

@@ -22,8 +22,8 @@ method may relax; ``module`` takes and returns irreps vectors ``[..., irreps_in.
 rotation generators cannot see it, so a free map mixing ``0e`` with ``0o`` or ``1o`` with ``1e`` would cost
 nothing; the dense free map's penalty therefore adds the inversion as a finite generator,
 ``||W P_in x - P_out W x||^2`` (``P = diag(p)``), wherever it can be non-zero (not when all input and output
-irreps share one parity). The free MLP (``"mlp"``) keeps the rotation generators only: its Lie derivative is
-taken by ``jvp``, where a finite element does not fit.
+irreps share one parity). The free MLP (``"mlp"``) takes its Lie derivative by ``jvp`` for the rotations and
+adds the inversion's finite difference ``||W(P x) - P W(x)||^2`` on the same terms (:mod:`relaxbench.relax.free_mlp`).
 
 Shared blocks: :func:`gate` (e3nn's gated nonlinearity), :func:`edge_features` (spherical harmonics and a
 smooth radial basis of relative positions), :func:`linear_matrix`.
@@ -102,6 +102,7 @@ def relax(
     irreps_out = o3.Irreps(module.irreps_out if irreps_out is None else irreps_out)
     if free == "mlp":
         context = o3.Irreps(context if context is not None else "")
+        sees_parity = len({ir.p for _, ir in irreps_in + context + irreps_out}) > 1
         return RelaxedFreeMLP(
             module,
             irreps_in.dim,
@@ -112,6 +113,11 @@ def relax(
             hidden=hidden,
             lie_mode=lie_mode,
             finite_angle=finite_angle,
+            parity=(
+                (parity_matrix(irreps_in + context).diagonal(), parity_matrix(irreps_out).diagonal())
+                if sees_parity
+                else None
+            ),
         )
     if free != "linear":
         raise ValueError(f"free must be 'linear' or 'mlp', got {free!r}")

@@ -18,7 +18,8 @@ Node features are irreps vectors of ``hidden`` (default by task kind, see :data:
    layer scaled by 0.01 at init, penalised by its Lie derivative (``lie_mode="lie"``, default: the exact
    ``d/dt [W(exp(tA) x) - exp(tA) W(x)]`` by ``torch.func.jvp`` for the three so(3) generators acting on the
    features and on the position) or by the published finite-rotation difference (``lie_mode="finite"``,
-   5 degrees about each axis).
+   5 degrees about each axis); both add the inversion's finite difference (the features' parities, ``-pos``),
+   since every block is O(3)-equivariant.
 
 Norms are equivariant layer norms (scalars: mean and variance over channels; ``l > 0``: RMS over channels).
 Readout by ``spec["kind"]``:

@@ -18,6 +18,11 @@ through ``dA_out W(x)``, so an invariant bias is allowed and a non-invariant one
 ``lie_mode="finite"`` uses the published Equiformer variant instead: the finite difference
 ``W(g_A x) - g_A W(x)`` for the rotations ``g_A = exp(angle * A)`` (5 degrees about each axis by default),
 also zero exactly for an equivariant ``W``.
+
+Where the group also holds an element no generator reaches (O(3)'s inversion ``-I``, acting diagonally by the
+signs ``p_in [d_x]`` and ``p_out [d_out]``, each irrep's parity), both modes add its finite difference
+``||W(p_in * x) - p_out * W(x)||^2``: a free map that mixes ``0e`` with ``0o`` or ``1o`` with ``1e`` is
+penalised, an O(3)-equivariant one is not.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ class RelaxedFreeMLP(RelaxedLayer):
         lie_mode: ``"lie"`` (default, the exact Lie derivative by ``jvp``) or ``"finite"`` (finite rotations).
         finite_angle: rotation angle of the finite variant, radians (default 5 degrees).
         free: optional factory of another free map ``[*lead, d_y + d_context] -> [*lead, d_out]``.
+        parity: optional ``(p_in [d_y + d_context], p_out [d_out])``, the inversion's signs on ``x`` and on the
+            output (module docstring); ``None``: the generators alone.
 
     The penalties are summed over generators, the middle axes and features, and averaged over the leading
     (example) axis, like every relaxed layer's.
@@ -86,6 +93,7 @@ class RelaxedFreeMLP(RelaxedLayer):
         lie_mode: Literal["lie", "finite"] = "lie",
         finite_angle: float = math.radians(5.0),
         free: Callable[[], nn.Module] | None = None,
+        parity: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         d_x = d_y + d_context
         if gen_in.shape[-1] != d_x or gen_out.shape[-1] != d_out:
@@ -101,6 +109,19 @@ class RelaxedFreeMLP(RelaxedLayer):
             raise ValueError(f"lie_mode must be 'lie' or 'finite', got {lie_mode!r}")
         super().__init__(equivariant, free or (lambda: free_mlp(d_x, hidden, d_out)), action)
         self.d_y = d_y
+        self.parity_in: Tensor | None
+        self.parity_out: Tensor | None
+        if parity is None:
+            self.parity_in = self.parity_out = None
+        else:
+            p_in, p_out = (torch.as_tensor(p, dtype=torch.get_default_dtype()) for p in parity)
+            if p_in.shape != (d_x,) or p_out.shape != (d_out,):
+                raise ValueError(
+                    f"parity signs have shapes {tuple(p_in.shape)} and {tuple(p_out.shape)}; the layer has input "
+                    f"{d_x} and output {d_out}"
+                )
+            self.register_buffer("parity_in", p_in, persistent=False)
+            self.register_buffer("parity_out", p_out, persistent=False)
 
     def forward(self, y: Tensor, context: Tensor) -> Tensor:  # type: ignore[override]
         out = self.equivariant(y)
@@ -122,9 +143,14 @@ class RelaxedFreeMLP(RelaxedLayer):
         if not lie:
             return zero, (self.free(x).pow(2).sum() / batch if norm else zero)
         if self.action.kind == "finite":
+            w_x = self.free(x)
             ld = lie_derivative_sq(self.free, x, self.action)
-            return ld, (self.free(x).pow(2).sum() / batch if norm else zero)
-        tangents = self.action.on_input(x)  # [G, B, ..., d_x]
-        w_x, jvp = torch.func.jvp(self.free, (x.expand_as(tangents).contiguous(),), (tangents,))
-        ld = (jvp - self.action.on_output(w_x[0])).pow(2).sum() / batch
-        return ld, (w_x[0].pow(2).sum() / batch if norm else zero)
+        else:
+            tangents = self.action.on_input(x)  # [G, B, ..., d_x]
+            w_xs, jvp = torch.func.jvp(self.free, (x.expand_as(tangents).contiguous(),), (tangents,))
+            w_x = w_xs[0]
+            ld = (jvp - self.action.on_output(w_x)).pow(2).sum() / batch
+        if self.parity_in is not None:
+            p_in, p_out = self.parity_in.to(x.dtype), self.parity_out.to(x.dtype)
+            ld = ld + (self.free(x * p_in) - p_out * w_x).pow(2).sum() / batch
+        return ld, (w_x.pow(2).sum() / batch if norm else zero)

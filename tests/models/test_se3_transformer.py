@@ -11,8 +11,10 @@ import torch
 from e3nn import o3
 from torch import nn
 
+from relaxbench.families import irreps
 from relaxbench.families.irreps import gate as gate_for
 from relaxbench.families.irreps import irreps_generators
+from relaxbench.families.so3 import parity_matrix
 from relaxbench.models import se3_transformer
 from relaxbench.models.se3_transformer import EquivariantLayerNorm
 from relaxbench.relax import set_theta
@@ -77,7 +79,7 @@ class _EquivariantFree(nn.Module):
         return self.net(x)
 
 
-def relaxed_ff(lie_mode="lie", free=None):
+def relaxed_ff(lie_mode="lie", free=None, parity=None):
     layer = RelaxedFreeMLP(
         o3.Linear(IRREPS_Y, IRREPS_Y),
         IRREPS_Y.dim,
@@ -88,6 +90,7 @@ def relaxed_ff(lie_mode="lie", free=None):
         hidden=16,
         lie_mode=lie_mode,
         free=free,
+        parity=parity,
     )
     if free is None:
         with torch.no_grad():
@@ -138,6 +141,42 @@ def test_lie_penalty_is_the_derivative_of_the_finite_difference():
     finite._last_input = x
     ld_finite, _ = finite.penalty_terms()
     assert float(ld_finite) == pytest.approx(math.radians(5.0) ** 2 * float(ld), rel=0.1)
+
+
+class _ParityBreakingFree(nn.Module):
+    """``[y, c] -> y`` that commutes with every rotation but not with the inversion: it feeds the odd vectors
+    of ``y`` (``1o``) into its even ones (``1e``), which e3nn's O(3) maps never do."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        y = x[..., : IRREPS_Y.dim]
+        odd = IRREPS_Y.slices()[1]  # 2x1o
+        even = IRREPS_Y.slices()[2]  # 1x1e
+        out = torch.zeros_like(y)
+        out[..., even] = self.scale * y[..., odd][..., :3] * y[..., :1].pow(2)
+        return out
+
+
+@pytest.mark.parametrize("lie_mode", ["lie", "finite"])
+def test_the_free_mlp_penalty_sees_the_inversion(lie_mode):
+    """A rotation-equivariant free map that breaks parity costs nothing to the rotation generators, and a
+    positive amount once the layer knows the parities; an O(3)-equivariant one still costs nothing."""
+    parity = (parity_matrix(IRREPS_Y + IRREPS_C).diagonal(), parity_matrix(IRREPS_Y).diagonal())
+    rotations_only, layer = (
+        relaxed_ff(lie_mode, free=_ParityBreakingFree),
+        relaxed_ff(lie_mode, free=_ParityBreakingFree, parity=parity),
+    )
+    layer._last_input = rotations_only._last_input
+    assert float(rotations_only.penalty_terms()[0]) < 1e-10
+    assert float(layer.penalty_terms()[0]) > 1e-2
+    assert float(relaxed_ff(lie_mode, free=_EquivariantFree, parity=parity).penalty_terms()[0]) < 1e-10
+    built = irreps.relax(o3.Linear(IRREPS_Y, IRREPS_Y), True, free="mlp", context=IRREPS_C, lie_mode=lie_mode)
+    assert torch.equal(built.parity_in, parity[0].float()) and torch.equal(
+        built.parity_out, parity[1].float()
+    )
 
 
 def test_bad_settings_are_rejected():
