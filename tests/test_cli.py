@@ -18,6 +18,12 @@ def write(tmp_path, cfg, name="c.yaml"):
     return str(path)
 
 
+def train_tfn_relaxed(cfg: str, results: str) -> list[str]:
+    """The command line of the tiny config's one run: tfn x relaxed x seed 0 on tetris."""
+    run = ["--task", "tetris", "--model", "tfn", "--method", "relaxed", "--seed", "0"]
+    return ["train", "--config", cfg, *run, "--results", results]
+
+
 def test_help_lists_the_subcommands():
     out = subprocess.run(
         [sys.executable, "-m", "relaxbench", "--help"], capture_output=True, text=True, check=True
@@ -40,22 +46,7 @@ def test_data_then_train_then_cached(tmp_path, tiny_config, capsys, monkeypatch)
     assert main(["data", "--config", cfg, "--task", "tetris", "--results", res]) == 0
     assert main(["data", "--config", cfg, "--task", "tetris", "--results", res]) == 0
     assert "cached" in capsys.readouterr().out
-    args = [
-        "train",
-        "--config",
-        cfg,
-        "--task",
-        "tetris",
-        "--model",
-        "tfn",
-        "--method",
-        "relaxed",
-        "--seed",
-        "0",
-        "--results",
-        res,
-        "--quiet",
-    ]
+    args = train_tfn_relaxed(cfg, res) + ["--quiet"]
     assert main(args) == 0
     assert "ok, test error_rate" in capsys.readouterr().out
     assert (tmp_path / "results/unit/runs/tetris/tfn/relaxed/seed0/record.json").exists()
@@ -79,9 +70,10 @@ def test_runs_outside_the_grid_are_rejected(tmp_path, tiny_config, capsys, extra
     assert not (tmp_path / "r").exists()
 
 
-def test_list_takes_no_results_folder():
+@pytest.mark.parametrize("command", ["list", "cluster-check"])
+def test_commands_that_read_no_results_take_no_results_folder(command):
     with pytest.raises(SystemExit) as exit_:
-        main(["list", "--results", "elsewhere"])
+        main([command, "--results", "elsewhere"])
     assert exit_.value.code == 2
 
 
@@ -96,21 +88,7 @@ def test_a_model_on_a_task_it_does_not_support_exits_2_before_any_job(tmp_path, 
 def test_bad_config_writes_nothing(tmp_path, tiny_config, capsys):
     tiny_config["training"]["epochz"] = 3
     cfg = write(tmp_path, tiny_config)
-    args = [
-        "train",
-        "--config",
-        cfg,
-        "--task",
-        "tetris",
-        "--model",
-        "tfn",
-        "--method",
-        "relaxed",
-        "--seed",
-        "0",
-        "--results",
-        str(tmp_path / "r"),
-    ]
+    args = train_tfn_relaxed(cfg, str(tmp_path / "r"))
     assert main(args) == 2
     assert "unknown key(s) ['epochz']" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -22,6 +22,7 @@ from relaxbench.methods import get_method, regulariser
 from relaxbench.models import conv, equiv, lift, rsteer
 from relaxbench.relax import prior_penalty, relaxation_penalty, relaxed_layers, set_theta
 from relaxbench.symmetry import GroupElement, equivariance_error
+from tests.tasks.test_plume import TINY
 
 SPEC = {"kind": "plume", "symmetry": "rotation", "in_frames": 2, "size": 8}
 SMALL = {"hidden": 2, "layers": 3}
@@ -367,13 +368,7 @@ def test_every_table2_row_trains_end_to_end(tmp_path, symmetry):
         "sampling": "staggered",
         "train_sims": sims[0],
         "domain_sims": sims[1],
-        "in_frames": 2,
-        "out_frames": 2,
-        "rollout": 3,
-        "train_times": [0, 3],
-        "val_times": [3, 4],
-        "future_times": [4, 6],
-        "domain_times": [0, 2],
+        **TINY,
     }
     rows = ROWS if symmetry == "rotation" else {k: v for k, v in ROWS.items() if k[0] in ("equiv", "rsteer")}
     models: dict[str, dict] = {}

@@ -108,37 +108,20 @@ def test_strings_from_configs_and_records_are_escaped(site):
 def test_report_needs_collect_and_shows_missing_runs(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"name": "empty", "models": {"tfn": {"tasks": ["tetris"]}}}))
-    assert (
-        main(
-            [
-                "report",
-                "--config",
-                str(config),
-                "--results",
-                str(tmp_path / "r"),
-                "--reports",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 2
-    )
+    report = [
+        "report",
+        "--config",
+        str(config),
+        "--results",
+        str(tmp_path / "r"),
+        "--reports",
+        str(tmp_path / "out"),
+    ]
+    assert main(report) == 2
     assert "run `relaxbench collect` first" in capsys.readouterr().err
     assert main(["collect", "--config", str(config), "--results", str(tmp_path / "r")]) == 0  # missing runs
     assert "6 missing" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "report",
-                "--config",
-                str(config),
-                "--results",
-                str(tmp_path / "r"),
-                "--reports",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 0
-    )
+    assert main(report) == 0
     index = (tmp_path / "out" / "empty" / "index.html").read_text("utf-8")
     assert index.count('<span class="badge status-missing"') >= 6 and "0/3" in index
     assert not (tmp_path / "out" / "empty" / "figures").exists()
