@@ -375,8 +375,14 @@ class Trainer:
 
 def free_share_peak(history: list[Mapping[str, Any]]) -> float | None:
     """The largest per-epoch mean free-branch share of any relaxed layer (``share:<layer>`` columns of the
-    history), or ``None`` when the history has none (no relaxed layer, or no epoch finished)."""
-    shares = [v for row in history for k, v in row.items() if k.startswith(FreeShareMeter.PREFIX)]
+    history), or ``None`` when the history has none (no relaxed layer, no epoch finished, or every share
+    undefined)."""
+    shares = [
+        v
+        for row in history
+        for k, v in row.items()
+        if k.startswith(FreeShareMeter.PREFIX) and not math.isnan(v)
+    ]
     return max(shares) if shares else None
 
 

@@ -127,13 +127,15 @@ class RelaxedLayer(nn.Module):
     def free_share(self) -> Tensor | None:
         """``|mix| ||W x|| / ||f_eq x||`` on the last training batch (0-dim tensor, dimensionless; ``mix`` is theta,
         times the layer's gamma under dual ascent): how much of the layer's output the free branch makes; ``None``
-        when :meth:`activity_norms` is."""
+        when :meth:`activity_norms` is, NaN when ``f_eq x`` is exactly zero on the batch (a ratio to nothing: e.g.
+        the N-body baseline's drift ``w v`` before its first step, ``w = 0``)."""
         norms = self.activity_norms()
         if norms is None:
             return None
         eq, free = norms
         mix = self.mix.detach().abs() if isinstance(self.mix, Tensor) else self.mix
-        return mix * free / eq.clamp_min(torch.finfo(eq.dtype).tiny)
+        ratio = mix * free / eq.clamp_min(torch.finfo(eq.dtype).tiny)
+        return torch.where(eq > 0, ratio, torch.full_like(ratio, float("nan")))
 
     def free_linear(self, x: Tensor) -> Tensor:
         """The bias-free free map applied to ``x``."""
@@ -227,7 +229,8 @@ class FreeShareMeter:
 
     Call :meth:`update` once per step, after the forward pass and the penalty, before the optimiser changes
     the weights; :meth:`means` at the end of the epoch. The shares stay tensors until then (one host
-    synchronisation per epoch). A layer that did not run at theta > 0 adds 0 for that step.
+    synchronisation per epoch). A layer that did not run at theta > 0 adds 0 for that step; a step whose share
+    is undefined (NaN: the equivariant path output exactly zero) is left out of that layer's mean.
 
     Args:
         model: the model; its relaxed layers are found once, by their qualified module names.
@@ -238,19 +241,25 @@ class FreeShareMeter:
     def __init__(self, model: nn.Module) -> None:
         self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, RelaxedLayer)]
         self.sums: dict[str, Tensor | float] = {name: 0.0 for name, _ in self.layers}
-        self.steps = 0
+        self.counts: dict[str, Tensor | int] = {name: 0 for name, _ in self.layers}
 
     @torch.no_grad()
     def update(self) -> None:
         for name, layer in self.layers:
             share = layer.free_share()
-            if share is not None:
-                self.sums[name] = self.sums[name] + share
-        self.steps += 1
+            if share is None:
+                self.counts[name] = self.counts[name] + 1
+                continue
+            defined = ~share.isnan()
+            self.sums[name] = self.sums[name] + torch.where(defined, share, torch.zeros_like(share))
+            self.counts[name] = self.counts[name] + defined.to(torch.int64)
 
     def means(self) -> dict[str, float]:
         """``{"share:<layer>": mean share}`` (the history's columns; layer = qualified module name, e.g.
-        ``share:layers.0.update``); empty for a model without relaxed layers."""
-        return {
-            f"{self.PREFIX}{name}": float(total) / max(self.steps, 1) for name, total in self.sums.items()
-        }
+        ``share:layers.0.update``), NaN for a layer whose every step was undefined; empty for a model without
+        relaxed layers."""
+        out = {}
+        for name, total in self.sums.items():
+            count = int(self.counts[name])
+            out[f"{self.PREFIX}{name}"] = float(total) / count if count else float("nan")
+        return out

@@ -21,6 +21,7 @@ from relaxbench.relax import (
 )
 from relaxbench.relax.dense import DenseRelaxedLinear
 from relaxbench.relax.free_mlp import RelaxedFreeMLP
+from relaxbench.train import free_share_peak
 
 F64 = torch.float64
 THETA = 0.4
@@ -76,6 +77,28 @@ def test_a_known_free_map_gives_the_known_share(kind):
     layer(torch.randn(2, 3, dtype=F64))
     meter.update()
     assert meter.means() == {"share:": pytest.approx(THETA / 4, rel=1e-12)}
+
+
+def test_a_share_over_a_zero_equivariant_output_is_left_out_not_infinite():
+    """The N-body baseline's drift ``w v`` starts at ``w = 0``: its first batch has ``f_eq x = 0``. That step's
+    share is undefined (NaN) and the epoch's mean is taken over the other steps; all undefined gives NaN, and
+    the run's peak skips it."""
+    layer = RelaxedLayer(
+        scaled_identity(0.0), lambda: scaled_identity(0.5), make_lie_action(*[no_generators()] * 2)
+    )
+    set_theta(layer.train(), THETA)
+    meter = FreeShareMeter(layer)
+    layer(torch.randn(4, 3, dtype=F64))
+    assert torch.isnan(layer.free_share())
+    meter.update()
+    assert torch.isnan(torch.tensor(meter.means()["share:"]))
+    with torch.no_grad():
+        layer.equivariant.weight.copy_(2.0 * torch.eye(3, dtype=F64))
+    layer(torch.randn(4, 3, dtype=F64))
+    meter.update()
+    assert meter.means() == {"share:": pytest.approx(THETA / 4, rel=1e-12)}
+    history = [{"share:": float("nan")}, {"share:": 0.25}, {"share:": 0.1}]
+    assert free_share_peak(history) == 0.25 and free_share_peak(history[:1]) is None
 
 
 def direct_share(equivariant_out, free_out, theta=THETA):
