@@ -6,7 +6,8 @@ A *cell* is one task x model; its score of a method is the mean test metric over
 block design), while configs run some methods on some models only; :func:`rank_methods` therefore ranks on the
 largest complete block: among the sets of methods run in at least one common cell, one on which the tests below
 can run (at least 3 methods on 2 cells) if any, then the one that maximises ``methods x cells`` (ties: more
-cells); it says which methods and cells that is.
+cells); it says which methods and cells that is (the default config: the six methods of its tfn and N-body
+baseline cells on those two cells, rather than ``equivariant`` and ``relaxed`` on all eight).
 
 On that block:
 
@@ -78,16 +79,24 @@ def _scores(agg: pd.DataFrame) -> pd.DataFrame:
 
 
 def _complete_block(scores: pd.DataFrame) -> tuple[list[str], list[tuple[str, str]]]:
-    """The methods and cells of the largest complete block (module docstring)."""
+    """The methods and cells of the largest complete block (module docstring).
+
+    The candidate method sets: the methods run in at least ``k`` cells, for every ``k``; the methods of each
+    cell; those common to each pair of cells (a set of methods that a config runs on a few cheap cells, beside
+    one run on one more cell, is found by the pair, not by a coverage threshold). ``O(cells^2)`` candidates."""
     present = scores.notna()
     coverage = present.sum().sort_values(ascending=False, kind="stable")
+    order = list(coverage.index)  # most widely run first, for a stable method order
+    held = [frozenset(present.columns[row]) for row in present.to_numpy()]
+    candidates = {frozenset(m for m in order if coverage[m] >= k) for k in set(coverage)}
+    candidates |= set(held) | {a & b for i, a in enumerate(held) for b in held[i + 1 :]}
     best: tuple[tuple[bool, int, int], list[str], list] = ((False, 0, 0), [], [])
-    for threshold in sorted(set(coverage), reverse=True):
-        methods = [m for m in coverage.index if coverage[m] >= threshold]
-        cells = list(present.index[present[methods].all(axis=1)])
+    for candidate in candidates:
+        methods = [m for m in order if m in candidate]
+        cells = list(present.index[present[methods].all(axis=1)]) if methods else []
         testable = len(methods) >= MIN_METHODS and len(cells) >= MIN_CELLS
         key = (testable, len(methods) * len(cells), len(cells))
-        if len(methods) >= 2 and cells and key > best[0]:
+        if len(methods) >= 2 and cells and (key, methods) > (best[0], best[1]):
             best = (key, methods, cells)
     return best[1], best[2]
 

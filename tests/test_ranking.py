@@ -54,6 +54,21 @@ def test_a_block_the_tests_can_use_wins_over_a_larger_one():
     assert len(ranking.methods) == 4 and len(ranking.cells) == 2 and ranking.friedman_p is not None
 
 
+def test_the_block_of_a_few_cheap_cells_is_found_beside_a_method_run_once_more():
+    """The default config's shape: two methods everywhere, four more on two cheap cells, and one of those four
+    (``rpp``) also on a third cell. Ranking by coverage alone would mix ``rpp`` in and keep one cell; the block
+    is the two cheap cells' common methods."""
+    cheap = aggregates(n_cells=2, extra=False)
+    wide = aggregates(n_cells=8, extra=False)
+    wide = wide[wide["method"].isin(["equivariant", "relaxed"]) & (wide["task"] >= "task2")]
+    rpp = pd.DataFrame(
+        [{**cheap.iloc[0].to_dict(), "method": "rpp"}, {**wide.iloc[0].to_dict(), "method": "rpp"}]
+    )
+    ranking = rank_methods(pd.concat([cheap, wide, rpp]))
+    assert sorted(ranking.methods) == sorted(METHODS) and len(ranking.cells) == 2
+    assert ranking.left_out == ["rpp"] and ranking.friedman_p is not None
+
+
 def test_too_small_a_block_ranks_without_tests():
     ranking = rank_methods(aggregates(n_cells=1, extra=False))
     assert ranking.mean_rank.tolist() == [1.0, 2.0, 3.0, 4.0]
