@@ -5,7 +5,9 @@ relaxation) and one column per symmetry (rotation, scale) x test split (Future: 
 times; Domain: held-out simulations). Here each cell is the mean RMSE over ``ok`` seeds with its 95 % t
 confidence interval (from ``aggregates.csv``: ``test_metric_*`` is Future, ``test_domain_metric_*`` Domain);
 the best mean of each column is marked. Beside it: each row's equivariance error, on exact quarter turns for
-the rotation set and on the (approximate) published down-sampling for the scale set.
+the rotation set and on the (approximate) published down-sampling for the scale set. A first, reference row gives
+the persistence forecast (every future frame is the last input frame; no model, no seeds), read from the runs'
+``reference.csv``: a forecaster that does not beat it has learnt nothing usable about the flow.
 
 Plume tasks are the registered tasks whose class is :class:`relaxbench.tasks.plume.Plume` or a subclass; a
 task's symmetry comes from its runs' task parameters (``symmetry``, else the class default). Rows are found by
@@ -29,7 +31,17 @@ from relaxbench.records import RunRecord
 from relaxbench.report import figures
 from relaxbench.tasks.plume import Plume
 
-__all__ = ["ROWS", "SPLITS", "plume_section", "plume_tasks", "rollout_figure", "table2", "velocity_figure"]
+__all__ = [
+    "PERSISTENCE",
+    "ROWS",
+    "SPLITS",
+    "plume_section",
+    "plume_tasks",
+    "references",
+    "rollout_figure",
+    "table2",
+    "velocity_figure",
+]
 
 #: Table 2's rows: label, model ``arch``, method.
 ROWS = (
@@ -42,6 +54,8 @@ ROWS = (
 )
 #: Test splits: label, aggregate column prefix, split name in ``rollout.csv`` / ``fields.npz``.
 SPLITS = (("Future", "test_metric", "test"), ("Domain", "test_domain_metric", "test_domain"))
+#: The reference row's label (:func:`references`).
+PERSISTENCE = "Persistence (last input frame)"
 #: Rows whose evaluated model is only approximately equivariant by design.
 APPROXIMATE = {"RPP": "free branch kept", "Lift": "non-equivariant encoder", "RSteer": "relaxed weights"}
 
@@ -76,9 +90,63 @@ def _cell(entry: Mapping[str, Any] | None, prefix: str) -> dict[str, Any] | None
     }
 
 
-def table2(board: pd.DataFrame, agg: pd.DataFrame, tasks: Mapping[str, str]) -> dict[str, Any] | None:
+def references(board: pd.DataFrame, results_dir: Path, tasks: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    """``{task: reference curve}``: the persistence forecast's ``reference.csv`` (columns ``split, step, rmse``)
+    of the task's first ok run that wrote one (every run of a task's data has the same), for the tasks that
+    have one."""
+    out = {}
+    for task in tasks:
+        runs = board[(board["task"] == task) & (board["status"] == "ok")].sort_values(
+            ["model", "method", "seed"]
+        )
+        path = next(
+            (
+                results_dir / d / "reference.csv"
+                for d in runs["run_dir"]
+                if (results_dir / d / "reference.csv").is_file()
+            ),
+            None,
+        )
+        if path is not None:
+            out[task] = pd.read_csv(path)
+    return out
+
+
+def _reference_row(
+    columns: list[dict[str, Any]], curves: Mapping[str, pd.DataFrame]
+) -> dict[str, Any] | None:
+    """Table 2's persistence row: per column the pooled RMSE of the split, ``sqrt(mean over steps of rmse^2)``
+    (each step averages the same examples), no interval (deterministic); ``None`` without any curve."""
+    cells = []
+    for c in columns:
+        curve = curves.get(c["task"])
+        split = next(name for label, _, name in SPLITS if label == c["split"])
+        values = None if curve is None else curve.loc[curve["split"] == split, "rmse"].to_numpy()
+        cells.append(
+            None
+            if values is None or not len(values)
+            else {
+                "mean": float(np.sqrt(np.mean(values**2))),
+                "low": None,
+                "high": None,
+                "n": None,
+                "best": False,
+            }
+        )
+    if all(c is None for c in cells):
+        return None
+    return {"label": PERSISTENCE, "model": None, "method": None, "cells": cells, "reference": True}
+
+
+def table2(
+    board: pd.DataFrame,
+    agg: pd.DataFrame,
+    tasks: Mapping[str, str],
+    curves: Mapping[str, pd.DataFrame] | None = None,
+) -> dict[str, Any] | None:
     """The Table 2 layout: ``columns`` (symmetry, split, task) and ``rows`` (label, cells with mean, CI
-    bounds, n and ``best``; the equivariance error per symmetry), or ``None`` without plume runs."""
+    bounds, n and ``best``; the equivariance error per symmetry), or ``None`` without plume runs. With the
+    persistence ``curves`` of :func:`references`, a first ``reference`` row (never marked best)."""
     if not tasks:
         return None
     arch = board.dropna(subset=["arch"]).groupby(["task", "model"])["arch"].first()
@@ -108,6 +176,7 @@ def table2(board: pd.DataFrame, agg: pd.DataFrame, tasks: Mapping[str, str]) -> 
                     "cells": cells,
                     "equivariance": equivariance,
                     "approximate": APPROXIMATE.get(label.split(" +")[0]) if method != "relaxed" else None,
+                    "reference": False,
                 }
             )
     for i in range(len(columns)):
@@ -115,6 +184,9 @@ def table2(board: pd.DataFrame, agg: pd.DataFrame, tasks: Mapping[str, str]) -> 
         for r in rows:
             if r["cells"][i] is not None:
                 r["cells"][i]["best"] = r["cells"][i]["mean"] == min(means)
+    reference = _reference_row(columns, curves or {})
+    if reference is not None:
+        rows.insert(0, {**reference, "equivariance": [None] * len(tasks), "approximate": None})
     symmetries = [{"symmetry": s, "task": t} for t, s in tasks.items()]
     return {"columns": columns, "rows": rows, "symmetries": symmetries}
 
@@ -139,10 +211,15 @@ def _row_colors() -> dict[str, tuple]:
 
 
 def rollout_figure(
-    board: pd.DataFrame, results_dir: Path, tasks: Mapping[str, str], path: Path
+    board: pd.DataFrame,
+    results_dir: Path,
+    tasks: Mapping[str, str],
+    path: Path,
+    curves: Mapping[str, pd.DataFrame] | None = None,
 ) -> Path | None:
     """RMSE per rollout step, one panel per symmetry x split: the mean over seeds of every Table 2 row (line)
-    and its 95 % t interval (band, from two seeds on)."""
+    and its 95 % t interval (band, from two seeds on); the persistence ``curves`` of :func:`references`
+    dashed."""
     from scipy import stats
 
     data = {task: _curves(board, results_dir, task) for task in tasks}
@@ -157,10 +234,14 @@ def rollout_figure(
                 ax.set_title(f"{symmetry}: {label}")
                 ax.set_xlabel("rollout step")
                 ax.set_ylabel("RMSE")
-                curves = data[task]
-                if curves.empty:
+                reference = (curves or {}).get(task)
+                if reference is not None:
+                    still = reference[reference["split"] == split]
+                    ax.plot(still["step"], still["rmse"], color="0.35", lw=1.5, ls="--")
+                runs_of_task = data[task]
+                if runs_of_task.empty:
                     continue
-                for row, runs in curves[curves["split"] == split].groupby("label", sort=False):
+                for row, runs in runs_of_task[runs_of_task["split"] == split].groupby("label", sort=False):
                     table = runs.pivot_table(index="step", columns="seed", values="rmse")
                     mean = table.mean(axis=1)
                     ax.plot(mean.index, mean.to_numpy(), color=colors[row], lw=2)
@@ -176,7 +257,10 @@ def rollout_figure(
         present = sorted(
             {r for d in data.values() if not d.empty for r in d["label"]}, key=list(colors).index
         )
-        figures._legend(fig, [Line2D([], [], color=colors[r], lw=2, label=r) for r in present])
+        handles = [Line2D([], [], color=colors[r], lw=2, label=r) for r in present]
+        if curves:
+            handles.append(Line2D([], [], color="0.35", lw=1.5, ls="--", label=PERSISTENCE))
+        figures._legend(fig, handles)
         return figures._save(fig, path)
 
 
@@ -245,18 +329,20 @@ def plume_section(
     """The report's plume section: :func:`table2` plus its figures (paths relative to ``stage``, the site's
     staging folder), or ``None`` when the leaderboard has no plume task."""
     tasks = plume_tasks(board, records)
-    table = table2(board, agg, tasks)
+    still = references(board, results_dir, tasks)
+    table = table2(board, agg, tasks, still)
     if table is None:
         return None
     made = []
-    curves = rollout_figure(board, results_dir, tasks, stage / "figures/plume-rollout.png")
-    if curves is not None:
+    rollout = rollout_figure(board, results_dir, tasks, stage / "figures/plume-rollout.png", still)
+    if rollout is not None:
         made.append(
             (
-                curves,
+                rollout,
                 "Rollout error",
                 "RMSE of the autoregressive forecast per step, mean over seeds (line) and "
-                "95% t interval (band), per Table 2 row; Future: training simulations at later times, Domain: "
+                "95% t interval (band), per Table 2 row, and the persistence forecast (dashed: every future "
+                "frame is the last input frame); Future: training simulations at later times, Domain: "
                 "held-out simulations.",
             )
         )

@@ -390,18 +390,34 @@ class Plume(Task):
             total = per_step if total is None else total + per_step
         return (total / len(split)).sqrt().cpu().numpy()
 
+    @staticmethod
+    @torch.no_grad()
+    def persistence_rmse(split: Split, batch_size: int) -> np.ndarray:
+        """RMSE per rollout step ``[L]`` of the persistence forecast (every future frame is the last input frame,
+        no model): the reference a forecaster has to beat. Velocity units, like :meth:`rollout_rmse`."""
+        total = None
+        for batch in split.batches(batch_size, device="cpu"):
+            err = (batch["target"] - batch["frames"][:, -1:]).double().pow(2)
+            per_step = err.flatten(2).mean(dim=2).sum(dim=0)
+            total = per_step if total is None else total + per_step
+        return (total / len(split)).sqrt().numpy()
+
     @torch.no_grad()
     def artifacts(
         self, model: nn.Module, splits: dict[str, Split], batch_size: int, device: torch.device
     ) -> dict[str, bytes]:
-        """``rollout.csv``: RMSE per rollout step of every test split (columns ``split, step, rmse``); and
-        ``fields.npz``: for each test split, the middle example's true and predicted fields at steps 1,
-        ``L / 2`` and ``L`` (``{split}_true``, ``{split}_pred`` ``[3, 2, H, W]``, ``{split}_steps`` ``[3]``)."""
-        rows, fields = [], {}
+        """``rollout.csv``: RMSE per rollout step of every test split (columns ``split, step, rmse``);
+        ``reference.csv``: the same for the persistence forecast (:meth:`persistence_rmse`, the same for every run
+        of the task's data); and ``fields.npz``: for each test split, the middle example's true and predicted
+        fields at steps 1, ``L / 2`` and ``L`` (``{split}_true``, ``{split}_pred`` ``[3, 2, H, W]``,
+        ``{split}_steps`` ``[3]``)."""
+        rows, reference, fields = [], [], {}
         for name in self.test_splits:
             split = splits[name]
             curve = self.rollout_rmse(model, split, batch_size, device)
             rows += [f"{name},{step},{value!r}" for step, value in enumerate(curve.tolist(), start=1)]
+            still = self.persistence_rmse(split, batch_size)
+            reference += [f"{name},{step},{value!r}" for step, value in enumerate(still.tolist(), start=1)]
             example = {
                 k: v[len(split) // 2 : len(split) // 2 + 1].to(device) for k, v in split.tensors.items()
             }
@@ -415,6 +431,7 @@ class Plume(Task):
         np.savez(buffer, **fields)
         return {
             "rollout.csv": ("split,step,rmse\n" + "\n".join(rows) + "\n").encode(),
+            "reference.csv": ("split,step,rmse\n" + "\n".join(reference) + "\n").encode(),
             "fields.npz": buffer.getvalue(),
         }
 

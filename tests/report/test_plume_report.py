@@ -13,7 +13,7 @@ import yaml
 from relaxbench.cli import main
 from relaxbench.config import METRIC_VERSION, RunSpec, grid_hashes, validate_config
 from relaxbench.records import RunRecord, atomic_write_bytes, atomic_write_text
-from relaxbench.report.plume import ROWS
+from relaxbench.report.plume import PERSISTENCE, ROWS
 from tests.report.browser import CHROMIUM, Chromium
 
 CONFIG = "plumes"
@@ -26,6 +26,8 @@ FUTURE = {
     "RSteer": 0.8,
     "RSteer + relaxation (the paper)": 0.7,
 }
+#: The persistence forecast's RMSE at every step (its pooled RMSE is the same), per task: better than every row.
+PERSISTENCE_RMSE = {"plume": 0.5, "plume_scale": 0.25}
 MODEL_KEY = {"conv": "conv", "equiv": "equiv", "lift": "lift", "rsteer": "rsteer"}
 
 
@@ -63,6 +65,8 @@ def write_plume_run(results: Path, task: str, label: str, arch: str, method: str
         for s in steps
     ]
     atomic_write_text(run_dir / "rollout.csv", "split,step,rmse\n" + "\n".join(rows) + "\n")
+    still = [f"{split},{s},{PERSISTENCE_RMSE[task]!r}" for split in ("test", "test_domain") for s in steps]
+    atomic_write_text(run_dir / "reference.csv", "split,step,rmse\n" + "\n".join(still) + "\n")
     fields = {}
     for split in ("test", "test_domain"):
         grid = np.linspace(-1, 1, 16)
@@ -113,6 +117,11 @@ def test_table2_has_every_row_and_marks_the_best_per_column(plume_site):
     assert paper_row.count("★") == 4
     assert "0.705" in paper_row and "0.605" in paper_row  # rotation Future / Domain means of 0.70 and 0.71
     assert "0.755" in paper_row and "0.655" in paper_row  # scale
+    reference = section[section.index(f"<td>{PERSISTENCE}</td>") :].split("</tr>")[0]
+    assert section.index(PERSISTENCE) < section.index("<td>Conv</td>")  # the first row
+    assert (
+        ">0.5<br>" in reference and ">0.25<br>" in reference and "★" not in reference
+    )  # a reference, never best
     lift = section[section.index("<td>Lift</td>") :].split("</tr>")[0]
     assert lift.count("not run") == 2 and "approximate by design" in lift
     assert section[section.index("<tbody>") :].count("★") == 4
@@ -133,4 +142,4 @@ def test_plume_section_renders_in_chromium(plume_site):
         )
         assert len(widths) == 3 and min(widths) > 0
         cells = browser.evaluate("document.querySelectorAll('#plume table.table2 tbody tr').length")
-        assert cells == len(ROWS)
+        assert cells == len(ROWS) + 1  # and the persistence row

@@ -336,6 +336,14 @@ def test_artifacts_hold_rollout_curves_and_fields(tmp_path):
     steps = curve[curve["split"] == "test"]["rmse"].to_numpy()
     assert np.mean(steps**2) == pytest.approx(pooled["mse"], rel=1e-5)
     assert pooled["rmse"] == pytest.approx(np.sqrt(pooled["mse"]))
+    # the persistence reference: every future frame is the window's last frame
+    still = pd.read_csv(io.BytesIO(files["reference.csv"]))
+    split = splits["test_domain"].tensors
+    direct = (split["target"] - split["frames"][:, -1:]).double().pow(2).flatten(2).mean(2).mean(0).sqrt()
+    assert still[still["split"] == "test_domain"]["rmse"].to_numpy() == pytest.approx(
+        direct.numpy(), rel=1e-12
+    )
+    assert still.groupby("split")["step"].max().to_dict() == {"test": 3, "test_domain": 3}
 
 
 def test_spec_is_the_model_interface(tmp_path):
