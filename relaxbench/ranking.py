@@ -1,6 +1,6 @@
 """Relaxation methods ranked against each other across (task, model) cells (Demsar, JMLR 2006).
 
-A *cell* is one task x model; its score of a method is the mean test metric over seeds (the aggregates'
+A *cell* is one task x model (x sweep point); its score of a method is the mean test metric over seeds (the aggregates'
 ``test_metric_mean``, sign-flipped where higher is better). Within a cell the methods get ranks 1 (best) to k
 (ties share the average rank). Comparing ranks across cells needs every method in every cell (a complete
 block design), while configs run some methods on some models only; :func:`rank_methods` therefore ranks on the
@@ -72,10 +72,15 @@ class Ranking:
 
 
 def _scores(agg: pd.DataFrame) -> pd.DataFrame:
-    """``[cells x methods]``: mean test metric, negated where higher is better (NaN: not run or no ok run)."""
+    """``[cells x methods]``: mean test metric, negated where higher is better (NaN: not run or no ok run). A
+    cell is ``(task, model)``, the model carrying its sweep cell's label where it has one (``"egnn
+    [nbody.n_train=100]"``): every point of a sweep is a cell of its own."""
     sign = agg["lower_is_better"].map(lambda v: 1.0 if v in (True, 1, "True") or pd.isna(v) else -1.0)
-    scored = agg.assign(score=sign * agg["test_metric_mean"])
-    return scored.pivot_table(index=["task", "model"], columns="method", values="score", aggfunc="first")
+    sweep = agg["sweep"] if "sweep" in agg else pd.Series(pd.NA, index=agg.index)
+    cell = [m if pd.isna(w) or w == "" else f"{m} [{w}]" for m, w in zip(agg["model"], sweep)]
+    scored = agg.assign(score=sign * agg["test_metric_mean"], cell=cell)
+    table = scored.pivot_table(index=["task", "cell"], columns="method", values="score", aggfunc="first")
+    return table.rename_axis(index=["task", "model"])
 
 
 def _complete_block(scores: pd.DataFrame) -> tuple[list[str], list[tuple[str, str]]]:

@@ -69,6 +69,15 @@ def test_the_block_of_a_few_cheap_cells_is_found_beside_a_method_run_once_more()
     assert ranking.left_out == ["rpp"] and ranking.friedman_p is not None
 
 
+def test_every_sweep_point_is_a_cell_of_its_own():
+    """Two sweep points of one model on one task are two cells (not the first of them twice)."""
+    points = aggregates(n_cells=2, extra=False).assign(task="nbody", model="egnn")
+    points["sweep"] = np.where(points.index < len(points) // 2, "nbody.n_train=100", "nbody.n_train=300")
+    ranking = rank_methods(points)
+    assert ranking.cells == [("nbody", "egnn [nbody.n_train=100]"), ("nbody", "egnn [nbody.n_train=300]")]
+    assert ranking.friedman_p is not None
+
+
 def test_too_small_a_block_ranks_without_tests():
     ranking = rank_methods(aggregates(n_cells=1, extra=False))
     assert ranking.mean_rank.tolist() == [1.0, 2.0, 3.0, 4.0]
