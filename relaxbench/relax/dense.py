@@ -79,7 +79,10 @@ def second_moment_penalty(
 
 @torch.no_grad()
 def second_moment_norms(
-    equivariant: Tensor, weight: Tensor, bias: Tensor | None, moments: tuple[Tensor, Tensor, int]
+    equivariant: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    moments: tuple[Tensor, Tensor, int],
 ) -> tuple[Tensor, Tensor]:
     """``(||E x||, ||W x + b||)`` over the vectors ``x`` whose moments are given, for a fused forward's
     :meth:`~relaxbench.relax.relaxed.RelaxedLayer.activity_norms`.
@@ -167,6 +170,7 @@ class DenseRelaxedLinear(RelaxedLayer):
         self._equivariant_matrix = equivariant_matrix
         self._moments: tuple[Tensor, Tensor, int] | None = None
         self._fused_equivariant: Tensor | None = None  # f_eq's [d_out, d_in] matrix, last training forward
+        self._free_sq: Tensor | None = None  # ||W x + b||^2 of the last input, from its norm penalty
         object.__setattr__(self, "_moment_source", None)
 
     def _set_generators(self, gen_in: Tensor, gen_out: Tensor) -> None:
@@ -228,12 +232,27 @@ class DenseRelaxedLinear(RelaxedLayer):
         super()._record(x)
         self._moments = None
         self._fused_equivariant = None
+        self._free_sq = None
 
     def activity_norms(self) -> tuple[Tensor, Tensor] | None:
-        """From the input's moments (:func:`second_moment_norms`) after a fused forward, else as recorded."""
+        """From the input's moments (:func:`second_moment_norms`) after a fused forward, else as recorded. When
+        the norm penalty ran on this input, its ``||W x + b||^2`` is reused and only ``||f_eq x||^2`` is computed
+        (:meth:`equivariant_sq`)."""
         if self._fused_equivariant is None or self._last_input is None:
             return super().activity_norms()
-        return second_moment_norms(self._fused_equivariant, self.free.weight, self.free.bias, self.moments())
+        if self._free_sq is None:
+            return second_moment_norms(
+                self._fused_equivariant, self.free.weight, self.free.bias, self.moments()
+            )
+        with torch.no_grad():
+            eq_sq = self.equivariant_sq(self.moments()[0])
+        return eq_sq.clamp_min(0).sqrt(), self._free_sq.clamp_min(0).sqrt()
+
+    def equivariant_sq(self, s: Tensor) -> Tensor:
+        """``sum_x ||f_eq x||^2 = tr(E S E^T)`` from the input's second moment ``S [d_in, d_in]`` after a fused
+        forward (``E [d_out, d_in]``); a layer whose ``E`` has structure may do it cheaper."""
+        e = self._fused_equivariant
+        return ((e @ s) * e).sum()
 
     def use_published_layout(self) -> None:
         """Penalise with the published code's layout (:func:`~relaxbench.relax.lie.published_layout_generators`
@@ -279,9 +298,12 @@ class DenseRelaxedLinear(RelaxedLayer):
             w_a = torch.sparse.mm(gin_t, weight.t()).view(g, d_in, d_out).transpose(1, 2)  # W A
             b_w = torch.sparse.mm(gout, weight).view(g, d_out, d_in)  # B W
             lie_rows = (w_a - b_w).reshape(g * d_out, d_in)
-        return second_moment_penalty(
-            lie_rows, weight if norm else None, self.free.bias, self.moments(), self._last_input.shape[0]
+        batch = self._last_input.shape[0]
+        ld, sq = second_moment_penalty(
+            lie_rows, weight if norm else None, self.free.bias, self.moments(), batch
         )
+        self._free_sq = sq.detach() * batch if norm else None
+        return ld, sq
 
 
 class _ChannelsFirstLinear(nn.Linear):

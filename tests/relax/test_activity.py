@@ -123,6 +123,12 @@ def test_fused_e3nn_and_vector_neuron_shares_equal_the_direct_computation():
         layer(x)
         expected = direct_share(layer.equivariant(x), layer.free(free_view))
         assert float(layer.free_share()) == pytest.approx(expected, rel=1e-10)
+        # after the norm penalty of the same input, the share reuses its ||W x + b||^2: the same value
+        relaxation_penalty(layer, lie=False, norm=True)
+        assert layer._free_sq is not None
+        assert float(layer.free_share()) == pytest.approx(expected, rel=1e-10)
+        layer(x)  # a new input forgets it
+        assert layer._free_sq is None
 
 
 def test_steerable_conv_share_is_measured_on_the_penalty_examples():
