@@ -179,9 +179,7 @@ def task_kinds(arch: str, family: str | None = None) -> dict[str, str] | None:
     """
     if arch in model_names():
         module = f"relaxbench.models.{arch}"
-        read = _source_literal(module, "TASK_KINDS")
-        if read is None:
-            read = getattr(importlib.import_module(module), "TASK_KINDS", None)
+        read = _declaration(module, "TASK_KINDS")
         if not isinstance(read, dict):
             raise RegistryError(f"model {arch!r} declares no TASK_KINDS dict in {module}")
         return read
@@ -194,15 +192,22 @@ def relaxable(arch: str, family: str | None = None) -> bool:
     check refuses the ``relaxed`` methods on a model that declares ``RELAXABLE = False`` (a plain CNN), before
     any job starts. Read from a built-in model's source when it is a literal, like :func:`task_kinds`."""
     if arch in model_names():
-        module = f"relaxbench.models.{arch}"
-        read = _source_literal(module, "RELAXABLE")
-        tree = _module_tree(module)
-        bound = tree is not None and any(_binds(node, "RELAXABLE") for node in _module_scope(tree.body))
-        if read is None and bound:  # bound, but not by a literal
-            read = getattr(importlib.import_module(module), "RELAXABLE", True)
+        read = _declaration(f"relaxbench.models.{arch}", "RELAXABLE")
         return True if read is None else bool(read)
     build = get_model(arch, family).build
     return bool(getattr(sys.modules.get(build.__module__), "RELAXABLE", True))
+
+
+def _declaration(module: str, name: str) -> Any:
+    """A built-in module's top-level ``name``: read from its source when a literal binds it, imported when it is
+    bound otherwise, ``None`` when the module does not bind it (then nothing is imported)."""
+    read = _source_literal(module, name)
+    if read is not None:
+        return read
+    tree = _module_tree(module)
+    if tree is None or any(_binds(node, name) for node in _module_scope(tree.body)):
+        return getattr(importlib.import_module(module), name, None)
+    return None
 
 
 @cache

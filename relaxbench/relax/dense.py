@@ -79,10 +79,7 @@ def second_moment_penalty(
 
 @torch.no_grad()
 def second_moment_norms(
-    equivariant: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    moments: tuple[Tensor, Tensor, int],
+    equivariant: Tensor, weight: Tensor, bias: Tensor | None, moments: tuple[Tensor, Tensor, int]
 ) -> tuple[Tensor, Tensor]:
     """``(||E x||, ||W x + b||)`` over the vectors ``x`` whose moments are given, for a fused forward's
     :meth:`~relaxbench.relax.relaxed.RelaxedLayer.activity_norms`.

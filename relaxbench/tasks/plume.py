@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -383,24 +384,13 @@ class Plume(Task):
     ) -> np.ndarray:
         """RMSE per rollout step over a split: ``[L]`` (step 1 = the first predicted frame)."""
         model.eval()
-        total = None
-        for batch in split.batches(batch_size, device=device):
-            err = (self.predict(model, batch) - batch["target"]).pow(2).double()
-            per_step = err.flatten(2).mean(dim=2).sum(dim=0)
-            total = per_step if total is None else total + per_step
-        return (total / len(split)).sqrt().cpu().numpy()
+        return _rmse_per_step(split, batch_size, device, lambda batch: self.predict(model, batch))
 
     @staticmethod
-    @torch.no_grad()
     def persistence_rmse(split: Split, batch_size: int) -> np.ndarray:
         """RMSE per rollout step ``[L]`` of the persistence forecast (every future frame is the last input frame,
         no model): the reference a forecaster has to beat. Velocity units, like :meth:`rollout_rmse`."""
-        total = None
-        for batch in split.batches(batch_size, device="cpu"):
-            err = (batch["target"] - batch["frames"][:, -1:]).double().pow(2)
-            per_step = err.flatten(2).mean(dim=2).sum(dim=0)
-            total = per_step if total is None else total + per_step
-        return (total / len(split)).sqrt().numpy()
+        return _rmse_per_step(split, batch_size, "cpu", lambda batch: batch["frames"][:, -1:])
 
     @torch.no_grad()
     def artifacts(
@@ -458,3 +448,17 @@ class Plume(Task):
 
 
 TASK = Plume
+
+
+@torch.no_grad()
+def _rmse_per_step(
+    split: Split, batch_size: int, device: torch.device | str, forecast: Callable[[Batch], Tensor]
+) -> np.ndarray:
+    """``[L]``: the RMSE of ``forecast(batch)`` (``[B, L or 1, 2, H, W]``, broadcast against the target ``[B, L, 2,
+    H, W]``) per rollout step over the split, errors squared in float64."""
+    total = None
+    for batch in split.batches(batch_size, device=device):
+        err = (forecast(batch) - batch["target"]).double().pow(2)
+        per_step = err.flatten(2).mean(dim=2).sum(dim=0)
+        total = per_step if total is None else total + per_step
+    return (total / len(split)).sqrt().cpu().numpy()
