@@ -418,7 +418,7 @@ def expand_runs(cfg: Mapping[str, Any]) -> list[RunSpec]:
                 RunSpec(task, key, m, s, cell.axes, cell.label)
                 for cell in model_cells(cfg, key, task)
                 for m in methods
-                for s in cfg["seeds"]
+                for s in model.get("seeds", cfg["seeds"])
             ]
     return sorted(runs, key=lambda r: (r.task, r.model, r.sweep, r.method, r.seed))
 

@@ -58,6 +58,23 @@ def test_per_model_method_params_override_the_top_level_method(tiny_config):
     assert (tfn["lambda_lie"], tfn["penalty_times_theta"]) == (0.01, False)
 
 
+def test_a_model_entry_with_its_own_seeds_runs_those_and_leaves_the_others_alone(tiny_config):
+    tiny_config["seeds"] = [0, 1]
+    tiny_config["models"]["other"] = {"arch": "tfn", "tasks": ["tetris"], "seeds": [5, 7, 9]}
+    cfg = validate_config(tiny_config)
+    seeds = {}
+    for run in expand_runs(cfg):
+        seeds.setdefault((run.model, run.method), []).append(run.seed)
+    assert seeds == {
+        ("tfn", "equivariant"): [0, 1],
+        ("tfn", "relaxed"): [0, 1],
+        ("other", "equivariant"): [5, 7, 9],
+        ("other", "relaxed"): [5, 7, 9],
+    }
+    path = RunSpec("tetris", "other", "relaxed", 7).path(cfg["name"])
+    assert path.parts[-4:] == ("tetris", "other", "relaxed", "seed7")
+
+
 BAD = [
     (lambda c: c.update(colour="red"), "unknown key(s) ['colour']; choices"),
     (lambda c: c["training"].update(epochs="ten"), "training.epochs"),
@@ -65,6 +82,12 @@ BAD = [
     (lambda c: c["training"].update(learning_rate=1), "unknown key(s) ['learning_rate']"),
     (lambda c: c.update(seeds=[0, 0]), "seeds"),
     (lambda c: c.update(seeds=[-1]), "seeds.0"),
+    (lambda c: c["models"]["tfn"].update(seeds=[1, 1]), "models.tfn.seeds"),
+    (
+        lambda c: c["models"]["tfn"].update(seeds=[0.5]),
+        "at 'models.tfn.seeds.0': 0.5 is not of type 'integer'",
+    ),
+    (lambda c: c["models"]["tfn"].update(seeds=[]), "models.tfn.seeds"),
     (lambda c: c.update(device="tpu"), "device"),
     (lambda c: c["models"]["tfn"].update(arch="resnet"), "unknown model 'resnet'; choices"),
     (lambda c: c["models"]["tfn"].update(arch="nowhere.module:build", family="gnn"), "cannot import module"),
