@@ -895,6 +895,16 @@ def test_a_report_build_killed_mid_way_keeps_the_old_report(reported):
     assert sorted(p.name for p in (work / "reports").iterdir()) == [CONFIG_NAME]
 
 
+def test_a_report_folder_holding_snakemakes_timestamp_is_rebuilt(reported):
+    # Snakemake marks a finished directory() output with this file; the report rule's next run must not stop on it
+    work, argv = reported
+    site = work / "reports" / CONFIG_NAME
+    (site / ".snakemake_timestamp").write_text("")
+    (site / "runs" / "stale-page.html").write_text("old")
+    assert main(argv) == 0
+    assert not (site / "runs" / "stale-page.html").exists() and (site / "index.html").is_file()
+
+
 def test_a_report_folder_holding_other_files_is_refused(reported, capsys):
     work, argv = reported
     (work / "reports" / CONFIG_NAME / "notes.txt").write_text("mine")

@@ -362,14 +362,16 @@ def _figure_entries(section: dict[str, Any] | None, stage: Path) -> dict[str, An
 
 #: What relaxbench writes into a report folder; anything else there is refused rather than thrown away.
 OWN_ENTRIES = ("index.html", "figures", "runs")
+#: The marker Snakemake writes into a finished ``directory()`` output (the report rule's); it carries no content
+#: and Snakemake writes it again when the rebuilt report's job ends.
+SNAKEMAKE_MARKER = ".snakemake_timestamp"
 
 
 def _check_own(out_dir: Path) -> None:
-    """:class:`LeaderboardError` if ``out_dir`` holds entries relaxbench did not write: publishing replaces the
-    whole folder."""
-    foreign = (
-        sorted(p.name for p in out_dir.iterdir() if p.name not in OWN_ENTRIES) if out_dir.is_dir() else []
-    )
+    """:class:`LeaderboardError` if ``out_dir`` holds entries neither relaxbench nor Snakemake wrote: publishing
+    replaces the whole folder."""
+    known = (*OWN_ENTRIES, SNAKEMAKE_MARKER)
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in known) if out_dir.is_dir() else []
     if foreign:
         shown = foreign[:5] + (["..."] if len(foreign) > 5 else [])
         raise LeaderboardError(

@@ -70,10 +70,23 @@ def test_a_swept_grid_runs_once_per_cell_and_reruns_only_an_edited_value(tmp_pat
         assert (workdir / f"reports/sweep/figures/tetris--tfn--sweep{n}.png").stat().st_size > 5000
     assert index.count('class="verdict-cell"') == 3
 
-    # one value of the model axis changes: only that cell's runs are planned, no data
-    jobs = _planned(tmp_path, workdir, _edited(0, "params.layers", [1, 3]))
+    # one value of the model axis changes: only that cell's runs are planned, no data; then run for real: the
+    # report rule rebuilds the report Snakemake has already marked finished
+    edited = _edited(0, "params.layers", [1, 3])
+    jobs = _planned(tmp_path, workdir, edited)
     assert sorted(w["model"] for rule, w in jobs if rule == "train") == ["tfn+params.layers=3"] * 2
     assert "data" not in {rule for rule, _ in jobs}
+    snakemake(
+        "--cores",
+        "2",
+        "--configfile",
+        str(write_config(tmp_path / "e.yaml", edited)),
+        workdir=workdir,
+        timeout=1800,
+    )
+    index = (workdir / "reports/sweep/index.html").read_text("utf-8")
+    stale = index.split('<section id="stale">', 1)[1].split("</section>", 1)[0]
+    assert "params.layers=3" in index and "tfn+params.layers=2/relaxed/seed0" in stale  # the edited-away cell
     # one value of the task axis changes: its data set once, then its runs
     jobs = _planned(tmp_path, workdir, _edited(1, "tetris.n_train", [1, 3]))
     assert sorted(w["model"] for rule, w in jobs if rule == "train") == ["tfn+tetris.n_train=3"] * 2
