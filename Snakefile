@@ -64,5 +64,6 @@ rule all:
     default_target: True
     input:
         report=str(layout.report_dir(NAME)),
+        report_done=str(layout.results_dir(NAME) / layout.REPORT_DONE),
         tables=[str(layout.results_dir(NAME) / t) for t in (layout.LEADERBOARD_CSV, layout.AGGREGATES_CSV)],
         records=run_files("record.json"),

@@ -36,6 +36,7 @@ __all__ = [
     "MAX_COMPONENT",
     "PathComponentError",
     "REPORTS",
+    "REPORT_DONE",
     "RESULTS",
     "RUN",
     "RunKey",
@@ -61,6 +62,10 @@ RUN_BENCHMARK = "benchmarks/train/{task}/{model}/{method}/seed{seed}.tsv"
 LEADERBOARD_CSV = "leaderboard.csv"
 AGGREGATES_CSV = "aggregates.csv"
 RECORD = "record.json"
+#: The report rule's completion marker: the report folder is an ``update()`` output that Snakemake keeps when the
+#: rule fails (so the old report survives) and then takes for current; this plain output is missing after a
+#: failure, so the next run rebuilds the report.
+REPORT_DONE = "logs/report.done"
 
 MAX_COMPONENT = 64
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")

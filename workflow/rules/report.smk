@@ -60,6 +60,7 @@ rule report:
             caption="../report/report.rst",
             category="Report",
         ),
+        done=touch(layout.snakemake_pattern(layout.REPORT_DONE)),
     log:
         layout.snakemake_pattern("logs/report.log"),
     benchmark:
